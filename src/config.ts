@@ -1,0 +1,208 @@
+/**
+ * Configuration: the only module that reads `process.env` (ARCHITECTURE "config.ts").
+ *
+ * Every variable is declared once in {@link FIELDS} with its parser, default and description; the
+ * README's configuration table lists the same fields (a test keeps the two in step). A bad value
+ * stops the start with one line of the form `config: PORT must be an integer in 1..65535, got "x"`.
+ */
+import path from "node:path";
+import { SLUG_RE } from "./ids.ts";
+import type { LogLevel } from "./log.ts";
+
+/** The validated configuration every subsystem receives. Units are in the field names. */
+export interface Config {
+  /** HTTP and WebSocket listen address. */
+  host: string;
+  port: number;
+  /** Directory for the embedded SQLite database and the generated JWT secret (absolute). */
+  dataDir: string;
+  /** PostgreSQL URL; `null` selects the embedded SQLite store. */
+  databaseUrl: string | null;
+  databasePoolMax: number;
+  /** `FULL` fsyncs every commit (acknowledged = on disk); `NORMAL` survives process crashes only. */
+  sqliteSynchronous: "FULL" | "NORMAL";
+  /** Slugs of the rooms created at start (seed 000 §8, seed 001). */
+  defaultRooms: string[];
+  /** HS256 secret; `null` means "use or create `jwt-secret` in dataDir". */
+  jwtSecret: string | null;
+  /** PEM SPKI public key; when set, RS256 tokens signed by its private key are accepted too. */
+  jwtPublicKey: string | null;
+  jwtIssuer: string | null;
+  jwtAudience: string | null;
+  /** NATS URL(s); `null` selects the in-process broker (single instance). */
+  natsUrl: string | null;
+  /** Prepended (with a dot) to every NATS subject this process uses; isolates tests and tenants. */
+  natsSubjectPrefix: string;
+  /** Largest socket frame accepted, bytes; larger ones get `frame_too_large` and close 1009. */
+  wsMaxFrameBytes: number;
+  /** Send buffer per socket, bytes, above which a socket counts as a slow consumer. */
+  wsMaxBufferedBytes: number;
+  wsIdleTimeoutSeconds: number;
+  /** Most messages replayed to a socket that reconnects with `since`. */
+  roomRecoveryMaxMessages: number;
+  /** Per-user write budget: sustained writes per second and burst size; 0 turns the limit off. */
+  writeRatePerSecond: number;
+  writeBurst: number;
+  httpMaxBodyBytes: number;
+  /** Time allowed for a graceful stop before the process exits anyway, ms. */
+  shutdownTimeoutMs: number;
+  logLevel: LogLevel;
+}
+
+/** Thrown for a bad value; `message` is the one line printed before exiting. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+interface Field<K extends keyof Config> {
+  env: string;
+  key: K;
+  /** Shown in the README table. */
+  type: string;
+  /** Raw default (as it would be written in the environment); `undefined` = unset. */
+  fallback?: string;
+  doc: string;
+  parse(raw: string | undefined, env: string): Config[K];
+}
+
+const fail = (env: string, rule: string, raw: string): never => {
+  throw new ConfigError(`config: ${env} ${rule}, got ${JSON.stringify(raw)}`);
+};
+
+function int(min: number, max: number) {
+  return (raw: string | undefined, env: string): number => {
+    const s = (raw ?? "").trim();
+    if (!/^-?\d+$/.test(s)) return fail(env, `must be an integer in ${min}..${max}`, raw ?? "");
+    const n = Number(s);
+    if (n < min || n > max) return fail(env, `must be an integer in ${min}..${max}`, s);
+    return n;
+  };
+}
+
+function optionalUrl(protocols: string[]) {
+  return (raw: string | undefined, env: string): string | null => {
+    if (raw === undefined || raw.trim() === "") return null;
+    for (const part of raw.split(",")) {
+      let u: URL;
+      try {
+        u = new URL(part.trim());
+      } catch {
+        return fail(env, `must be a URL (${protocols.join(" or ")})`, raw);
+      }
+      if (!protocols.includes(u.protocol)) return fail(env, `must be a URL (${protocols.join(" or ")})`, raw);
+    }
+    return raw.trim();
+  };
+}
+
+function optionalString(raw: string | undefined): string | null {
+  return raw === undefined || raw === "" ? null : raw;
+}
+
+function oneOf<T extends string>(values: readonly T[]) {
+  return (raw: string | undefined, env: string): T => {
+    const v = (raw ?? "").trim();
+    const hit = values.find((x) => x.toLowerCase() === v.toLowerCase());
+    return hit ?? fail(env, `must be one of ${values.join(", ")}`, raw ?? "");
+  };
+}
+
+const DEFAULT_ROOMS = "general,welcome,builders,science,energy";
+
+const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
+  { env: "HOST", key: "host", type: "string", fallback: "0.0.0.0", doc: "Listen address.", parse: (r) => (r ?? "").trim() || "0.0.0.0" },
+  { env: "PORT", key: "port", type: "integer 1..65535", fallback: "7001", doc: "HTTP and WebSocket port (seed 001 runs the city service on 7001).", parse: int(1, 65535) },
+  {
+    env: "DATA_DIR", key: "dataDir", type: "path", fallback: "./data",
+    doc: "Where the embedded SQLite database (`city.sqlite`) and a generated `jwt-secret` live; relative to the working directory.",
+    parse: (r) => path.resolve((r ?? "").trim() || "./data"),
+  },
+  {
+    env: "DATABASE_URL", key: "databaseUrl", type: "postgres URL", doc: "PostgreSQL for rooms, messages, feed and Second Me. Unset: embedded SQLite in DATA_DIR.",
+    parse: optionalUrl(["postgres:", "postgresql:"]),
+  },
+  { env: "DATABASE_POOL_MAX", key: "databasePoolMax", type: "integer 1..200", fallback: "10", doc: "PostgreSQL connections per process.", parse: int(1, 200) },
+  {
+    env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL | NORMAL", fallback: "FULL",
+    doc: "Embedded store durability: FULL fsyncs each commit, NORMAL survives a process crash but not a power cut.",
+    parse: oneOf(["FULL", "NORMAL"] as const),
+  },
+  {
+    env: "CITY_DEFAULT_ROOMS", key: "defaultRooms", type: "comma-separated slugs", fallback: DEFAULT_ROOMS,
+    doc: "Rooms created at start if missing, each with a welcome message (seed 000 §8, seed 001). Empty means the default list.",
+    parse: (raw, env) => {
+      const list = ((raw ?? "").trim() || DEFAULT_ROOMS).split(",").map((s) => s.trim()).filter(Boolean);
+      for (const slug of list) if (!SLUG_RE.test(slug)) fail(env, "must be slugs matching ^[a-z0-9][a-z0-9_-]{0,62}$", raw ?? "");
+      return [...new Set(list)];
+    },
+  },
+  {
+    env: "JWT_SECRET", key: "jwtSecret", type: "string, 32+ chars",
+    doc: "HS256 key for bearer tokens. Unset: a random secret is created in DATA_DIR/jwt-secret (see `daarion-city token`).",
+    parse: (raw, env) => {
+      if (raw === undefined || raw === "") return null;
+      if (raw.length < 32) return fail(env, "must be at least 32 characters", `${raw.slice(0, 4)}…(${raw.length} chars)`);
+      return raw;
+    },
+  },
+  {
+    env: "JWT_PUBLIC_KEY", key: "jwtPublicKey", type: "PEM",
+    doc: "SPKI public key; when set, RS256 tokens from an external issuer are accepted as well.",
+    parse: (raw, env) => {
+      const v = optionalString(raw?.replace(/\\n/g, "\n"));
+      if (v && !v.includes("-----BEGIN PUBLIC KEY-----")) return fail(env, "must be a PEM public key (-----BEGIN PUBLIC KEY-----)", v.slice(0, 30));
+      return v;
+    },
+  },
+  { env: "JWT_ISSUER", key: "jwtIssuer", type: "string", doc: "When set, tokens must carry this `iss`.", parse: optionalString },
+  { env: "JWT_AUDIENCE", key: "jwtAudience", type: "string", doc: "When set, tokens must carry this `aud`.", parse: optionalString },
+  {
+    env: "NATS_URL", key: "natsUrl", type: "nats URL(s)", doc: "NATS for fan-out between instances and city events. Unset: in-process broker (one instance).",
+    parse: optionalUrl(["nats:", "tls:", "ws:", "wss:"]),
+  },
+  {
+    env: "NATS_SUBJECT_PREFIX", key: "natsSubjectPrefix", type: "subject tokens", fallback: "",
+    doc: "Prefix for every subject this process uses (e.g. `staging` → `staging.city.event.room_message`).",
+    parse: (raw, env) => {
+      const v = (raw ?? "").trim();
+      if (v && !/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(v)) return fail(env, "must be dot-separated tokens of [A-Za-z0-9_-]", v);
+      return v;
+    },
+  },
+  { env: "WS_MAX_FRAME_BYTES", key: "wsMaxFrameBytes", type: "integer 1024..1048576", fallback: "32768", doc: "Largest socket frame accepted; larger frames get `frame_too_large` and close 1009.", parse: int(1024, 1_048_576) },
+  {
+    env: "WS_MAX_BUFFERED_BYTES", key: "wsMaxBufferedBytes", type: "integer 16384..268435456", fallback: "1048576",
+    doc: "Send buffer per socket above which it is a slow consumer and is closed with 4008 (reconnect with `since`).",
+    parse: int(16_384, 268_435_456),
+  },
+  { env: "WS_IDLE_TIMEOUT_SECONDS", key: "wsIdleTimeoutSeconds", type: "integer 8..960", fallback: "120", doc: "Sockets silent this long (no frame, no pong) are closed; the server pings before that.", parse: int(8, 960) },
+  { env: "ROOM_RECOVERY_MAX_MESSAGES", key: "roomRecoveryMaxMessages", type: "integer 1..10000", fallback: "1000", doc: "Most messages replayed to a socket reconnecting with `since`.", parse: int(1, 10_000) },
+  { env: "CITY_WRITE_RATE_PER_SECOND", key: "writeRatePerSecond", type: "integer 0..100000", fallback: "5", doc: "Sustained writes (messages, rooms) per user per second; 0 = no limit.", parse: int(0, 100_000) },
+  { env: "CITY_WRITE_BURST", key: "writeBurst", type: "integer 1..100000", fallback: "20", doc: "Writes a user may make at once before the rate applies.", parse: int(1, 100_000) },
+  { env: "HTTP_MAX_BODY_BYTES", key: "httpMaxBodyBytes", type: "integer 1024..16777216", fallback: "65536", doc: "Largest HTTP request body; larger ones get 413.", parse: int(1024, 16_777_216) },
+  { env: "SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", type: "integer 100..60000", fallback: "9000", doc: "Graceful stop budget on SIGTERM/SIGINT before the process exits anyway.", parse: int(100, 60_000) },
+  { env: "LOG_LEVEL", key: "logLevel", type: "debug | info | warn | error", fallback: "info", doc: "Least severe log level written.", parse: oneOf(["debug", "info", "warn", "error"] as const) },
+];
+
+/**
+ * Reads and validates the configuration.
+ * @param env the environment to read (default `process.env`)
+ * @throws ConfigError with a one-line `config: …` message on the first bad value
+ */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const out: Partial<Record<keyof Config, unknown>> = {};
+  for (const f of FIELDS) {
+    const raw = env[f.env];
+    const given = raw === undefined || raw === "" ? f.fallback : raw;
+    out[f.key] = (f.parse as (r: string | undefined, e: string) => unknown)(given, f.env);
+  }
+  return out as Config;
+}
+
+/** The declared variables, for the README table and its test: `[env, type, default, doc]`. */
+export function configTable(): { env: string; type: string; fallback: string | undefined; doc: string }[] {
+  return FIELDS.map((f) => ({ env: f.env, type: f.type, fallback: f.fallback, doc: f.doc }));
+}

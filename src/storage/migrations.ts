@@ -1,0 +1,21 @@
+/**
+ * The migrations, embedded in the binary as text (`bun build --compile` bundles these imports),
+ * so `daarion-city migrate` works from any working directory. Add a file to
+ * `migrations/<dialect>/` and list it here; `test/unit/migrations.test.ts` fails when the two differ.
+ */
+import pg0001 from "../../migrations/postgres/0001_city.sql" with { type: "text" };
+import lite0001 from "../../migrations/sqlite/0001_city.sql" with { type: "text" };
+
+/** One migration: `version` is the file name without `.sql` (e.g. `0001_city`); applied in version order. */
+export interface Migration {
+  version: string;
+  sql: string;
+}
+
+export const POSTGRES_MIGRATIONS: Migration[] = [{ version: "0001_city", sql: pg0001 }];
+export const SQLITE_MIGRATIONS: Migration[] = [{ version: "0001_city", sql: lite0001 }];
+
+/** A short, stable fingerprint of a migration's text, recorded when applied to detect later edits. */
+export function checksum(sql: string): string {
+  return new Bun.CryptoHasher("sha256").update(sql).digest("hex").slice(0, 16);
+}

@@ -1,0 +1,115 @@
+/**
+ * Store: the small query surface the city needs (seed 000 §2 tables), with two implementations
+ * that pass one contract suite (`test/contract/store.contract.ts`):
+ * - {@link PostgresStore} (`postgres.ts`) when DATABASE_URL is set: production, several instances;
+ * - {@link SqliteStore} (`sqlite.ts`) otherwise: the embedded default, single machine, WAL mode.
+ *
+ * All timestamps cross this interface as ISO-8601 UTC strings with milliseconds
+ * (`2025-11-23T10:15:00.000Z`). Ids are made by the caller (prefixed ULIDs, `src/ids.ts`), so a
+ * row's id and its `created_at` tell the same time and ids sort as rows were created.
+ */
+
+/** A city room (seed 000 §2.1, plus the Matrix mapping of seed 003 §3.2). */
+export interface Room {
+  id: string;
+  slug: string;
+  name: string;
+  description: string | null;
+  is_default: boolean;
+  created_at: string;
+  created_by: string | null;
+  matrix_room_id: string | null;
+  matrix_room_alias: string | null;
+}
+
+/** A room as listed: plus the time of its latest message (`null` while it has none). */
+export interface RoomSummary extends Room {
+  last_event: string | null;
+}
+
+/** A room message (seed 000 §2.2). Exactly one of the two authors is set for a user or agent. */
+export interface Message {
+  id: string;
+  room_id: string;
+  author_user_id: string | null;
+  author_agent_id: string | null;
+  body: string;
+  created_at: string;
+}
+
+export type FeedKind = "room_message" | "agent_reply" | "system";
+
+/** A city feed event (seed 000 §2.3). */
+export interface FeedEvent {
+  id: string;
+  kind: FeedKind;
+  room_id: string | null;
+  user_id: string | null;
+  agent_id: string | null;
+  payload: Record<string, unknown>;
+  created_at: string;
+}
+
+/** What the presence aggregator needs to map Matrix rooms to city rooms (seed 003 §3.2). */
+export interface RoomMatrixMapping {
+  id: string;
+  slug: string;
+  matrix_room_id: string | null;
+  matrix_room_alias: string | null;
+}
+
+/** A message and the `room_message` feed event that records it; written together or not at all. */
+export interface MessageWrite {
+  message: Message;
+  event: FeedEvent;
+}
+
+/** Which messages of a room to read. Results are always oldest-first. */
+export interface MessageQuery {
+  /** Only messages with an id lower than this one (paging back in history). */
+  before?: string;
+  /** Only messages with an id higher than this one (recovery after a reconnect). */
+  after?: string;
+  /** At most this many; the newest ones when more match. */
+  limit: number;
+}
+
+export interface Store {
+  /** Which engine this is, for `/readyz` and logs. */
+  readonly engine: "postgres" | "sqlite";
+
+  /** Applies pending migrations; safe to call twice and from two processes at once. Returns the versions it applied. */
+  migrate(): Promise<string[]>;
+
+  /** Cheap round trip; throws when the store is unreachable. */
+  ping(): Promise<void>;
+
+  /** Rooms ordered by creation (then id), with `last_event`. */
+  listRooms(page: { limit: number; offset: number }): Promise<RoomSummary[]>;
+
+  getRoom(id: string): Promise<Room | null>;
+
+  /**
+   * Inserts `room` and, in the same transaction, the `seed` messages and events.
+   * @returns `false` (and writes nothing) when a room with that id or slug already exists.
+   */
+  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean>;
+
+  /**
+   * Durably appends messages and their feed events in one transaction, in array order.
+   * Resolves only after the commit; on rejection nothing of the batch was written.
+   */
+  appendMessages(batch: MessageWrite[]): Promise<void>;
+
+  /** Messages of one room selected by `query`, oldest-first. */
+  listMessages(roomId: string, query: MessageQuery): Promise<Message[]>;
+
+  /** Feed events newest-first, optionally older than the `before` event id. */
+  listFeed(query: { before?: string; limit: number }): Promise<FeedEvent[]>;
+
+  /** Every room's Matrix mapping, ordered by slug (seed 003 `GET /internal/city/rooms`). */
+  listRoomMatrixMappings(): Promise<RoomMatrixMapping[]>;
+
+  /** Releases connections / the file handle. Idempotent. */
+  close(): Promise<void>;
+}

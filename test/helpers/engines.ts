@@ -1,0 +1,49 @@
+/**
+ * Engine gating for tests: a suite that needs PostgreSQL, Redis or NATS runs when the engine's URL
+ * is set and is skipped with a printed reason when not. With REQUIRE_ENGINES=1 (CI) a missing URL
+ * fails the run instead of skipping.
+ */
+import postgres from "postgres";
+
+export type EngineVar = "DATABASE_URL" | "REDIS_URL" | "NATS_URL";
+
+/** The engine URL, or `null` (after printing why the suite is skipped). Throws under REQUIRE_ENGINES=1. */
+export function engineUrl(name: EngineVar, suite: string): string | null {
+  const url = process.env[name];
+  if (url) return url;
+  if (process.env.REQUIRE_ENGINES === "1") throw new Error(`${suite}: ${name} is not set and REQUIRE_ENGINES=1`);
+  console.warn(`skip ${suite}: ${name} is not set`);
+  return null;
+}
+
+/** A short random suffix for per-file names (databases, key prefixes, subject prefixes). */
+export function randomSuffix(): string {
+  return Math.random().toString(36).slice(2, 10);
+}
+
+/**
+ * Creates a throwaway database next to the one in `baseUrl` and returns its URL and a `drop()`.
+ * Each test file gets its own, so files can run in parallel and leave nothing behind.
+ */
+export async function createTestDatabase(baseUrl: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `dc_test_${randomSuffix()}`;
+  const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database ${name}`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(baseUrl);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    drop: async () => {
+      const a = postgres(baseUrl, { max: 1, onnotice: () => {} });
+      try {
+        await a.unsafe(`drop database if exists ${name} with (force)`);
+      } finally {
+        await a.end();
+      }
+    },
+  };
+}
