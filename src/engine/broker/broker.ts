@@ -1,0 +1,44 @@
+/**
+ * Broker: moves publications between instances of the city, and only between them (the
+ * Phoenix.PubSub lesson in ARCHITECTURE). Local fan-out never goes through it: the instance that
+ * makes a publication delivers it to its own sockets itself, and the broker never echoes a
+ * publication back to the instance that published it.
+ *
+ * Contract (test/contract/broker.contract.ts, run on every implementation):
+ * - `publish` is fire-and-forget and at most once; no acknowledgement, no replay.
+ * - Publications from one instance on one subject arrive at every other subscribed instance in
+ *   the order they were published.
+ * - Subjects are dot-separated tokens; subscriptions may use `*` (one token) and `>` (the rest).
+ * - The configured subject prefix is added on the wire and is invisible to callers.
+ */
+export interface Broker {
+  /** Which implementation, for `/readyz` and logs. */
+  readonly engine: "memory" | "nats";
+  /** Connects; throws when the first connection cannot be made. */
+  start(): Promise<void>;
+  /** Sends `payload` to every other instance subscribed to a matching subject. */
+  publish(subject: string, payload: string): void;
+  /**
+   * Calls `handler` for each publication from another instance matching `pattern`.
+   * @returns a function that ends the subscription
+   */
+  subscribe(pattern: string, handler: (subject: string, payload: string) => void): () => void;
+  /** Resolves when everything published so far has reached the broker (a round trip). */
+  flush(): Promise<void>;
+  /** `up` when publications flow; `down` while disconnected (they are dropped meanwhile). */
+  state(): "up" | "down";
+  /** Ends subscriptions and the connection. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** True when `subject` matches the NATS-style `pattern` (`*` one token, `>` one or more at the end). */
+export function subjectMatches(pattern: string, subject: string): boolean {
+  const p = pattern.split(".");
+  const s = subject.split(".");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === ">") return s.length > i;
+    if (i >= s.length) return false;
+    if (p[i] !== "*" && p[i] !== s[i]) return false;
+  }
+  return p.length === s.length;
+}

@@ -1,0 +1,62 @@
+/**
+ * MemoryBroker: the in-process broker of the embedded default. Choose it for a single instance:
+ * with one node on its network it never delivers anything (there is no other instance). Several
+ * nodes on one {@link MemoryNetwork} act like instances on one NATS, which lets tests run two
+ * city instances in one process.
+ */
+import { subjectMatches, type Broker } from "./broker.ts";
+
+type Handler = (subject: string, payload: string) => void;
+
+/** A shared medium for MemoryBroker nodes; nodes on different networks never see each other. */
+export class MemoryNetwork {
+  readonly nodes = new Set<MemoryBroker>();
+}
+
+export class MemoryBroker implements Broker {
+  readonly engine = "memory" as const;
+  private readonly subs = new Set<{ pattern: string; handler: Handler }>();
+  private closed = false;
+  private pending: Promise<void> = Promise.resolve();
+
+  /** @param network nodes to talk to; default: a network of its own (single instance). */
+  constructor(private readonly network: MemoryNetwork = new MemoryNetwork()) {}
+
+  async start(): Promise<void> {
+    this.network.nodes.add(this);
+  }
+
+  publish(subject: string, payload: string): void {
+    if (this.closed) return;
+    for (const node of this.network.nodes) {
+      if (node === this) continue;
+      // Delivered on a later microtask, like a network hop, in publish order.
+      this.pending = this.pending.then(() => node.deliver(subject, payload));
+    }
+  }
+
+  subscribe(pattern: string, handler: Handler): () => void {
+    const sub = { pattern, handler };
+    this.subs.add(sub);
+    return () => this.subs.delete(sub);
+  }
+
+  async flush(): Promise<void> {
+    await this.pending;
+  }
+
+  state(): "up" | "down" {
+    return this.closed ? "down" : "up";
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.subs.clear();
+    this.network.nodes.delete(this);
+  }
+
+  private deliver(subject: string, payload: string): void {
+    if (this.closed) return;
+    for (const s of this.subs) if (subjectMatches(s.pattern, subject)) s.handler(subject, payload);
+  }
+}

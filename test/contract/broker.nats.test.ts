@@ -1,0 +1,19 @@
+import { NatsBroker } from "../../src/engine/broker/nats.ts";
+import { silentLogger } from "../../src/log.ts";
+import { engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { brokerContract } from "./broker.contract.ts";
+
+const url = engineUrl("NATS_URL", "Broker contract: nats");
+const prefix = `t_${randomSuffix()}`;
+const start = async (subjectPrefix: string) => {
+  const b = new NatsBroker({ url: url!, subjectPrefix, log: silentLogger });
+  await b.start();
+  return b;
+};
+brokerContract(
+  "nats",
+  url && {
+    node: () => start(prefix),
+    isolatedNode: () => start(`${prefix}_other`),
+  },
+);
