@@ -12,8 +12,5 @@ const start = async (subjectPrefix: string) => {
 };
 brokerContract(
   "nats",
-  url && {
-    node: () => start(prefix),
-    isolatedNode: () => start(`${prefix}_other`),
-  },
+  url ? { node: () => start(prefix), isolatedNode: () => start(`${prefix}_other`) } : null,
 );

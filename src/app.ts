@@ -1,0 +1,38 @@
+/**
+ * createApp(deps): the root Elysia app (HTTP only). It never listens: `server.ts` serves it next to
+ * the sockets, and tests drive it with `app.handle(new Request(...))`.
+ */
+import { swagger } from "@elysiajs/swagger";
+import { Elysia } from "elysia";
+import type { TokenVerifier } from "./auth/tokens.ts";
+import type { Logger } from "./log.ts";
+import { cityController } from "./modules/city/index.ts";
+import type { CityService } from "./modules/city/service.ts";
+import { opsController, type ReadinessReport } from "./modules/ops/index.ts";
+import { errorPlugin } from "./plugins/errors.ts";
+
+export interface AppDeps {
+  city: CityService;
+  verifier: TokenVerifier;
+  readiness: () => Promise<ReadinessReport>;
+  log: Logger;
+  version: string;
+}
+
+export function createApp(deps: AppDeps) {
+  return new Elysia({ normalize: false })
+    .use(errorPlugin(deps.log))
+    .use(
+      swagger({
+        path: "/swagger",
+        documentation: {
+          info: { title: "DAARION City realtime backend", version: deps.version, description: "Rooms, feed, presence, Second Me and the Living Map. Sockets: see README." },
+          components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", bearerFormat: "JWT" } } },
+        },
+      }),
+    )
+    .use(opsController(deps.readiness))
+    .use(cityController(deps.city, deps.verifier));
+}
+
+export type App = ReturnType<typeof createApp>;

@@ -1,0 +1,120 @@
+/**
+ * Bearer tokens (SPEC "Auth"): JWTs whose `sub` is the user id (`u_*`), HS256 with JWT_SECRET, and
+ * RS256 with JWT_PUBLIC_KEY when configured. Signing and verification are jose's; nothing here
+ * does crypto by hand.
+ */
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { errors as joseErrors, importSPKI, jwtVerify, SignJWT, type CryptoKey, type JWTVerifyGetKey } from "jose";
+import { AppError } from "../engine/errors.ts";
+
+/** User ids as the seeds write them: `u_` then 1 to 120 of `[A-Za-z0-9._-]`. */
+export const USER_ID_RE = /^u_[A-Za-z0-9._-]{1,120}$/;
+
+export interface TokenVerifierOptions {
+  /** HS256 key. */
+  secret: string;
+  /** PEM SPKI key for RS256 tokens from an external issuer. */
+  publicKeyPem?: string | null;
+  issuer?: string | null;
+  audience?: string | null;
+}
+
+/** Who a verified token speaks for. */
+export interface Principal {
+  userId: string;
+}
+
+export class TokenVerifier {
+  private constructor(
+    private readonly getKey: JWTVerifyGetKey,
+    private readonly algorithms: string[],
+    private readonly opts: TokenVerifierOptions,
+  ) {}
+
+  /** @throws Error when the public key cannot be parsed */
+  static async create(opts: TokenVerifierOptions): Promise<TokenVerifier> {
+    const hmac = new TextEncoder().encode(opts.secret);
+    let rsa: CryptoKey | null = null;
+    if (opts.publicKeyPem) {
+      try {
+        rsa = await importSPKI(opts.publicKeyPem, "RS256");
+      } catch (err) {
+        throw new Error(`auth: JWT_PUBLIC_KEY is not an RS256 public key: ${(err as Error).message}`);
+      }
+    }
+    const getKey: JWTVerifyGetKey = (header) => (header.alg === "RS256" && rsa ? rsa : hmac);
+    return new TokenVerifier(getKey, rsa ? ["HS256", "RS256"] : ["HS256"], opts);
+  }
+
+  /**
+   * Verifies a compact JWT.
+   * @returns the principal named by `sub`
+   * @throws AppError `unauthorized` for a malformed, forged, expired or not-yet-valid token, a
+   *   wrong issuer/audience, or a `sub` that is not a user id
+   */
+  async verify(token: string): Promise<Principal> {
+    let sub: unknown;
+    try {
+      const { payload } = await jwtVerify(token, this.getKey, {
+        algorithms: this.algorithms,
+        issuer: this.opts.issuer ?? undefined,
+        audience: this.opts.audience ?? undefined,
+        clockTolerance: 5,
+      });
+      sub = payload.sub;
+    } catch (err) {
+      if (err instanceof joseErrors.JWTExpired) throw new AppError("unauthorized", "token expired");
+      if (err instanceof joseErrors.JWTClaimValidationFailed) throw new AppError("unauthorized", `token claim rejected: ${err.claim}`);
+      throw new AppError("unauthorized", "invalid token");
+    }
+    if (typeof sub !== "string" || !USER_ID_RE.test(sub)) throw new AppError("unauthorized", "token sub must be a user id (u_…)");
+    return { userId: sub };
+  }
+
+  /**
+   * Reads the principal from an `Authorization` header value.
+   * @returns `null` when there is no header (anonymous)
+   * @throws AppError `unauthorized` when a header is present but is not a valid bearer token
+   */
+  async fromAuthorization(header: string | null | undefined): Promise<Principal | null> {
+    if (header === null || header === undefined || header === "") return null;
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw new AppError("unauthorized", "Authorization must be 'Bearer <token>'");
+    return this.verify(m[1]!);
+  }
+}
+
+/**
+ * Signs an HS256 token for `userId`.
+ * @param ttlSeconds lifetime; the token carries `iat` and `exp`
+ * @throws Error when `userId` is not a user id
+ */
+export async function signToken(secret: string, userId: string, ttlSeconds: number, claims: { issuer?: string | null; audience?: string | null } = {}): Promise<string> {
+  if (!USER_ID_RE.test(userId)) throw new Error(`token: user id must match ${USER_ID_RE.source}, got ${JSON.stringify(userId)}`);
+  let jwt = new SignJWT({}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(userId).setIssuedAt().setExpirationTime(`${ttlSeconds}s`);
+  if (claims.issuer) jwt = jwt.setIssuer(claims.issuer);
+  if (claims.audience) jwt = jwt.setAudience(claims.audience);
+  return jwt.sign(new TextEncoder().encode(secret));
+}
+
+/**
+ * The HS256 secret: JWT_SECRET when set, else `<dataDir>/jwt-secret`, created (mode 0600) with 48
+ * random bytes on first use. Two processes starting at once agree on one file (exclusive create).
+ */
+export function resolveSecret(configured: string | null, dataDir: string): { secret: string; generated: boolean; file: string | null } {
+  if (configured) return { secret: configured, generated: false, file: null };
+  const file = path.join(dataDir, "jwt-secret");
+  mkdirSync(dataDir, { recursive: true });
+  const fresh = Buffer.from(crypto.getRandomValues(new Uint8Array(48))).toString("base64url");
+  try {
+    writeFileSync(file, fresh + "\n", { flag: "wx", mode: 0o600 });
+    chmodSync(file, 0o600);
+    return { secret: fresh, generated: true, file };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+  }
+  const secret = readFileSync(file, "utf8").trim();
+  if (secret.length < 32) throw new Error(`auth: ${file} holds fewer than 32 characters; delete it to make a new one`);
+  return { secret, generated: false, file };
+}

@@ -1,0 +1,173 @@
+/**
+ * startCity(config): builds the engines named by the configuration (each chosen once, here), the
+ * services and the server, in dependency order, and returns a handle whose `stop()` undoes them in
+ * reverse. `main.ts` runs it for `serve`; tests run several in one process on port 0.
+ */
+import path from "node:path";
+import type { Server } from "bun";
+import { createApp, type App } from "./app.ts";
+import { resolveSecret, TokenVerifier } from "./auth/tokens.ts";
+import { systemClock, type Clock } from "./clock.ts";
+import type { Config } from "./config.ts";
+import type { Broker } from "./engine/broker/broker.ts";
+import { MemoryBroker } from "./engine/broker/memory.ts";
+import { NatsBroker } from "./engine/broker/nats.ts";
+import { CLOSE } from "./engine/errors.ts";
+import { Hub } from "./engine/hub.ts";
+import { LocalOccupancy } from "./engine/occupancy.ts";
+import { RateLimiter } from "./engine/ratelimit.ts";
+import type { SocketData, SocketRoute } from "./engine/sockets.ts";
+import type { Logger } from "./log.ts";
+import { CityService } from "./modules/city/service.ts";
+import { roomSocketRoute } from "./modules/city/socket.ts";
+import type { ReadinessReport } from "./modules/ops/index.ts";
+import { serveCity } from "./server.ts";
+import { PostgresStore } from "./storage/postgres.ts";
+import { SqliteStore } from "./storage/sqlite.ts";
+import type { Store } from "./storage/store.ts";
+import pkg from "../package.json" with { type: "json" };
+
+export const VERSION: string = pkg.version;
+
+export interface StartOptions {
+  log: Logger;
+  clock?: Clock;
+  /** Use this broker instead of the configured one (tests link instances with a MemoryNetwork). */
+  broker?: Broker;
+  /** Listen port; overrides `config.port` (0 picks a free one). */
+  port?: number;
+}
+
+export interface CityInstance {
+  /** `http://host:port` the server listens on. */
+  readonly url: string;
+  readonly port: number;
+  readonly server: Server<SocketData>;
+  readonly app: App;
+  readonly store: Store;
+  readonly broker: Broker;
+  readonly hub: Hub;
+  readonly city: CityService;
+  /** Whether the HS256 secret was created in DATA_DIR by this start. */
+  readonly secretFile: string | null;
+  /**
+   * Graceful stop: refuse new connections, finish queued writes, close sockets with 1001, wait
+   * for in-flight requests, close engines. Resolves `true` when everything drained in time.
+   */
+  stop(): Promise<boolean>;
+}
+
+/** The store the configuration names: PostgreSQL with DATABASE_URL, else SQLite in DATA_DIR. */
+export function openStore(config: Config): Store {
+  return config.databaseUrl
+    ? new PostgresStore({ url: config.databaseUrl, poolMax: config.databasePoolMax })
+    : new SqliteStore({ file: path.join(config.dataDir, "city.sqlite"), synchronous: config.sqliteSynchronous });
+}
+
+/**
+ * Starts one city instance.
+ * @throws Error naming the engine when one cannot be reached or migrated; whatever was opened is closed
+ */
+export async function startCity(config: Config, opts: StartOptions): Promise<CityInstance> {
+  const { log } = opts;
+  const clock = opts.clock ?? systemClock;
+  const opened: (() => Promise<void> | void)[] = [];
+  const undo = async () => {
+    for (const f of opened.reverse()) await f();
+  };
+  try {
+    const store = openStore(config);
+    opened.push(() => store.close());
+    const applied = await store.migrate();
+    if (applied.length) log.info("store: migrations applied", { engine: store.engine, versions: applied });
+
+    const secret = resolveSecret(config.jwtSecret, config.dataDir);
+    if (secret.generated) log.info("auth: generated a JWT secret", { file: secret.file });
+    const verifier = await TokenVerifier.create({
+      secret: secret.secret, publicKeyPem: config.jwtPublicKey, issuer: config.jwtIssuer, audience: config.jwtAudience,
+    });
+
+    const broker: Broker =
+      opts.broker ??
+      (config.natsUrl ? new NatsBroker({ url: config.natsUrl, subjectPrefix: config.natsSubjectPrefix, log }) : new MemoryBroker());
+    await broker.start();
+    opened.push(() => broker.close());
+
+    const hub = new Hub({ broker, log, maxBufferedBytes: config.wsMaxBufferedBytes });
+    const occupancy = new LocalOccupancy();
+    const writeLimiter = new RateLimiter({ ratePerSecond: config.writeRatePerSecond, burst: config.writeBurst, clock });
+    const city = new CityService({ store, hub, broker, occupancy, writeLimiter, clock, log });
+    const created = await city.ensureDefaultRooms(config.defaultRooms);
+    if (created.length) log.info("city: default rooms created", { slugs: created });
+
+    let shuttingDown = false;
+    const readiness = async (): Promise<ReadinessReport> => {
+      const engines: ReadinessReport["engines"] = {};
+      try {
+        await store.ping();
+        engines.store = { engine: store.engine, state: "up" };
+      } catch (err) {
+        engines.store = { engine: store.engine, state: "down", detail: (err as Error).message };
+      }
+      engines.broker = { engine: broker.engine, state: broker.state() };
+      const status = shuttingDown || engines.store.state === "down" ? "not_ready" : broker.state() === "up" ? "ready" : "degraded";
+      return { status, engines };
+    };
+
+    const app = createApp({ city, verifier, readiness, log, version: VERSION });
+    const routes = [
+      roomSocketRoute({
+        city, hub, occupancy, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
+      }),
+    ] as unknown as SocketRoute<SocketData>[];
+    const server = serveCity({ config, port: opts.port, app, routes, log, isShuttingDown: () => shuttingDown });
+    hub.attach(server as Server<unknown>);
+    hub.start();
+    opened.push(() => {
+      hub.close();
+      void server.stop(true);
+    });
+
+    const stop = async (): Promise<boolean> => {
+      if (shuttingDown) return true;
+      shuttingDown = true;
+      const deadline = Date.now() + config.shutdownTimeoutMs;
+      const stopped = server.stop(false); // no new connections; open ones carry on
+      await withDeadline(city.writer.drain(), deadline);
+      hub.closeAll(CLOSE.goingAway, "server shutting down");
+      const drained = await withDeadline(stopped, deadline);
+      if (!drained) await server.stop(true);
+      hub.close();
+      await broker.close();
+      await store.close();
+      return drained;
+    };
+
+    return {
+      url: `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`,
+      port: server.port!,
+      server,
+      app,
+      store,
+      broker,
+      hub,
+      city,
+      secretFile: secret.file,
+      stop,
+    };
+  } catch (err) {
+    await undo();
+    throw err;
+  }
+}
+
+/** Resolves `true` if `p` settles before `deadline` (epoch ms), `false` otherwise. */
+async function withDeadline(p: Promise<unknown>, deadline: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<false>((r) => (timer = setTimeout(() => r(false), Math.max(0, deadline - Date.now()))));
+  try {
+    return await Promise.race([p.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

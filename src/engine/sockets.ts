@@ -1,0 +1,40 @@
+/**
+ * Socket routes: how a feature plugs a WebSocket endpoint into the one `Bun.serve` websocket
+ * handler. The server matches the path, awaits `prepare` (auth, existence checks; an AppError
+ * becomes an HTTP error response and no upgrade happens), upgrades with the returned data, and
+ * then dispatches every socket event to the route that opened the socket.
+ */
+import type { ServerWebSocket } from "bun";
+
+/** Data every socket carries: which route owns it. */
+export interface SocketData {
+  route: string;
+}
+
+export interface SocketRoute<D extends SocketData> {
+  /** Unique route name, stored in `ws.data.route`. */
+  readonly name: string;
+  /** Path parameters when `pathname` is this route's, else `null`. */
+  match(pathname: string): Record<string, string> | null;
+  /**
+   * Checks the upgrade request.
+   * @returns the socket's data
+   * @throws AppError (mapped to an HTTP error response, no upgrade)
+   */
+  prepare(req: Request, url: URL, params: Record<string, string>): Promise<D>;
+  open(ws: ServerWebSocket<D>): void;
+  message(ws: ServerWebSocket<D>, raw: string | Buffer): void;
+  close(ws: ServerWebSocket<D>, code: number, reason: string): void;
+}
+
+/** A string frame's size in UTF-8 bytes, computed only when it could exceed `limit`. */
+export function frameTooLarge(raw: string | Buffer, limit: number): boolean {
+  if (typeof raw !== "string") return raw.byteLength > limit;
+  if (raw.length * 3 <= limit) return false;
+  return Buffer.byteLength(raw, "utf8") > limit;
+}
+
+/** Reads the bearer token of an upgrade: `?token=` (browsers cannot set headers) or `Authorization`. */
+export function upgradeToken(req: Request, url: URL): { query: string | null; header: string | null } {
+  return { query: url.searchParams.get("token"), header: req.headers.get("authorization") };
+}

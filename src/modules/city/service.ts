@@ -1,0 +1,238 @@
+/**
+ * CityService: rooms, messages and the feed (seed 000 §4, seed 001 "City Service Backend"). It
+ * knows nothing of HTTP or Elysia; the HTTP controller (`index.ts`) and the room socket
+ * (`socket.ts`) both call it, so a message takes the same path whichever way it arrives.
+ */
+import type { Clock } from "../../clock.ts";
+import type { Broker } from "../../engine/broker/broker.ts";
+import { AppError } from "../../engine/errors.ts";
+import type { Hub } from "../../engine/hub.ts";
+import { encodeRoomMembership, encodeRoomMessage, roomTopic } from "../../engine/protocol.ts";
+import type { RateLimiter } from "../../engine/ratelimit.ts";
+import { IdGenerator, isId, roomIdForSlug, SLUG_RE } from "../../ids.ts";
+import type { Logger } from "../../log.ts";
+import type { FeedEvent, Message, MessageWrite, Room, RoomMatrixMapping, RoomSummary, Store } from "../../storage/store.ts";
+import { MessageWriter } from "./writer.ts";
+
+/** Body text limits (SPEC "HTTP API": 1 to 4,000 characters after trimming). */
+export const BODY_MAX_CHARS = 4000;
+/** Messages in a room detail (seed 000 §4.1 "останні 50 повідомлень"). */
+export const ROOM_DETAIL_MESSAGES = 50;
+/** NATS subject of the city event for each new message (seed 002/004 listen on `city.event.*`). */
+export const ROOM_MESSAGE_EVENT_SUBJECT = "city.event.room_message";
+
+/** Who is online in a room; the local socket count now, the presence manager later. */
+export interface RoomOccupancy {
+  /** Distinct users counted online in `roomId`. */
+  count(roomId: string): number;
+}
+
+export interface CityServiceOptions {
+  store: Store;
+  hub: Hub;
+  broker: Broker;
+  occupancy: RoomOccupancy;
+  writeLimiter: RateLimiter;
+  clock: Clock;
+  log: Logger;
+  ids?: IdGenerator;
+}
+
+export interface RoomDetail {
+  room: Room;
+  messages: Message[];
+  members_online: number;
+}
+
+/** Trims and checks a message body. @throws AppError `validation_failed` */
+export function validateBody(body: unknown): string {
+  if (typeof body !== "string") throw new AppError("validation_failed", "body must be a string");
+  const trimmed = body.trim();
+  const chars = trimmed.length <= BODY_MAX_CHARS ? trimmed.length : [...trimmed].length;
+  if (trimmed.length === 0 || chars > BODY_MAX_CHARS) {
+    throw new AppError("validation_failed", `body must be 1 to ${BODY_MAX_CHARS} characters after trimming, got ${chars}`);
+  }
+  return trimmed;
+}
+
+/** A default room's display name: its slug with a capital first letter (seed 000 §8: "General"). */
+function titleOf(slug: string): string {
+  const words = slug.split(/[-_]/).filter(Boolean);
+  return words.map((w) => w[0]!.toUpperCase() + w.slice(1)).join(" ") || slug;
+}
+
+/** Descriptions the seeds give for default rooms; other rooms have none rather than an invented one. */
+const SEED_DESCRIPTIONS: Record<string, string> = { general: "Головна кімната міста" };
+
+export class CityService {
+  readonly writer: MessageWriter;
+  private readonly ids: IdGenerator;
+  /** Rooms known to exist; rooms are never deleted, so a hit never goes stale. */
+  private readonly knownRooms = new Set<string>();
+
+  constructor(private readonly o: CityServiceOptions) {
+    this.ids = o.ids ?? new IdGenerator();
+    this.writer = new MessageWriter({
+      store: o.store,
+      ids: this.ids,
+      clock: o.clock,
+      log: o.log,
+      onCommitted: (batch) => this.publishCommitted(batch),
+    });
+  }
+
+  /**
+   * Creates the CITY_DEFAULT_ROOMS that do not exist yet, each with a welcome message and a
+   * `system` feed event, both only on first creation (seed 001 "Seed дані").
+   * @returns the slugs created now
+   */
+  async ensureDefaultRooms(slugs: string[]): Promise<string[]> {
+    const created: string[] = [];
+    let last = 0;
+    for (const slug of slugs) {
+      // Strictly increasing, so the rooms list in CITY_DEFAULT_ROOMS order even within one ms.
+      const now = (last = Math.max(this.o.clock.now(), last + 1));
+      const room = this.newRoom(slug, titleOf(slug), SEED_DESCRIPTIONS[slug] ?? null, null, true, now);
+      const welcome: Message = {
+        id: this.ids.make("message", now), room_id: room.id, author_user_id: null, author_agent_id: null,
+        body: `Ласкаво просимо до кімнати ${room.name}!`, created_at: room.created_at,
+      };
+      const event = this.systemEvent(room, `Кімнату ${room.name} створено`, now);
+      if (await this.o.store.createRoom(room, { messages: [welcome], events: [event] })) created.push(slug);
+      this.knownRooms.add(room.id);
+    }
+    return created;
+  }
+
+  /** Rooms with `members_online` and `last_event` (seed 000 §4.1 `GET /city/rooms`). */
+  async listRooms(limit: number, offset: number): Promise<(RoomSummary & { members_online: number })[]> {
+    const rooms = await this.o.store.listRooms({ limit, offset });
+    return rooms.map((r) => ({ ...r, members_online: this.o.occupancy.count(r.id) }));
+  }
+
+  /**
+   * Creates a room (`id = room_city_{slug}`) and a `system` feed event.
+   * @throws AppError `slug_taken` (409) when the slug is in use; `validation_failed` for a bad slug;
+   *   `rate_limited` when the user is over the write budget
+   */
+  async createRoom(userId: string, input: { name: string; slug: string; description?: string | null }): Promise<Room> {
+    if (!SLUG_RE.test(input.slug)) throw new AppError("validation_failed", "slug must match ^[a-z0-9][a-z0-9_-]{0,62}$");
+    const name = input.name.trim();
+    if (name.length === 0) throw new AppError("validation_failed", "name must not be blank");
+    this.takeWrite(userId);
+    const now = this.o.clock.now();
+    const room = this.newRoom(input.slug, name, input.description?.trim() || null, userId, false, now);
+    const event = this.systemEvent(room, `Кімнату ${room.name} створено`, now, userId);
+    if (!(await this.o.store.createRoom(room, { messages: [], events: [event] }))) {
+      throw new AppError("slug_taken", `a room with slug "${input.slug}" already exists`);
+    }
+    this.knownRooms.add(room.id);
+    return room;
+  }
+
+  /**
+   * A room with its last 50 messages oldest-first and `members_online`.
+   * @throws AppError `room_not_found`
+   */
+  async getRoomDetail(roomId: string): Promise<RoomDetail> {
+    const room = await this.o.store.getRoom(roomId);
+    if (!room) throw notFound(roomId);
+    this.knownRooms.add(room.id);
+    const messages = await this.o.store.listMessages(roomId, { limit: ROOM_DETAIL_MESSAGES });
+    return { room, messages, members_online: this.o.occupancy.count(roomId) };
+  }
+
+  /** @throws AppError `room_not_found` when the room does not exist */
+  async requireRoom(roomId: string): Promise<void> {
+    if (this.knownRooms.has(roomId)) return;
+    if (!(await this.o.store.getRoom(roomId))) throw notFound(roomId);
+    this.knownRooms.add(roomId);
+  }
+
+  /**
+   * Posts a message as `userId`: durable in the store with its feed event, then published to the
+   * room's sockets on every instance and to `city.event.room_message`.
+   * @returns the stored message (the acknowledgement)
+   * @throws AppError `validation_failed`, `room_not_found`, `rate_limited`, `store_unavailable`
+   */
+  async postMessage(roomId: string, userId: string, body: unknown): Promise<Message> {
+    const text = validateBody(body);
+    await this.requireRoom(roomId);
+    this.takeWrite(userId);
+    return this.writer.write({ roomId, authorUserId: userId, authorAgentId: null, body: text });
+  }
+
+  /**
+   * Messages of a room oldest-first; with `before`, the page just older than that message id.
+   * @throws AppError `invalid_cursor`, `room_not_found`
+   */
+  async listMessages(roomId: string, before: string | undefined, limit: number): Promise<Message[]> {
+    if (before !== undefined && !isId("message", before)) throw new AppError("invalid_cursor", "before must be a message id (m_city_<ULID>)");
+    await this.requireRoom(roomId);
+    return this.o.store.listMessages(roomId, { before, limit });
+  }
+
+  /**
+   * Messages after `since` for a reconnecting socket: the newest `max`, and whether more were missed.
+   * @throws AppError `invalid_cursor`
+   */
+  async missedMessages(roomId: string, since: string, max: number): Promise<{ messages: Message[]; truncated: boolean }> {
+    if (!isId("message", since)) throw new AppError("invalid_cursor", "since must be a message id (m_city_<ULID>)");
+    const found = await this.o.store.listMessages(roomId, { after: since, limit: max + 1 });
+    return found.length > max ? { messages: found.slice(1), truncated: true } : { messages: found, truncated: false };
+  }
+
+  /**
+   * Announces that `userId` joined or left a room (seed 001 `POST /city/rooms/{id}/join|leave`):
+   * a `room.join`/`room.leave` event to the room's sockets on every instance.
+   * @throws AppError `room_not_found`
+   */
+  async announceMembership(roomId: string, userId: string, event: "room.join" | "room.leave"): Promise<void> {
+    await this.requireRoom(roomId);
+    this.o.hub.publish(roomTopic(roomId), { cursor: null, frame: encodeRoomMembership(event, roomId, userId) });
+  }
+
+  /**
+   * Feed events newest-first (seed 000 §4.1 `GET /city/feed`).
+   * @throws AppError `invalid_cursor`
+   */
+  async listFeed(before: string | undefined, limit: number): Promise<FeedEvent[]> {
+    if (before !== undefined && !isId("feedEvent", before)) throw new AppError("invalid_cursor", "before must be a feed event id (evt_city_<ULID>)");
+    return this.o.store.listFeed({ before, limit });
+  }
+
+  /** Slug and Matrix mapping of every room (seed 003 §3.2 `GET /internal/city/rooms`). */
+  listRoomMappings(): Promise<RoomMatrixMapping[]> {
+    return this.o.store.listRoomMatrixMappings();
+  }
+
+  /** @throws AppError `rate_limited` */
+  takeWrite(userId: string): void {
+    const wait = this.o.writeLimiter.take(userId);
+    if (wait > 0) throw new AppError("rate_limited", `too many writes; retry in ${wait} s`, wait);
+  }
+
+  private publishCommitted(batch: MessageWrite[]): void {
+    for (const { message } of batch) {
+      const frame = encodeRoomMessage(message.room_id, message);
+      this.o.hub.publish(roomTopic(message.room_id), { cursor: message.id, frame });
+      this.o.broker.publish(ROOM_MESSAGE_EVENT_SUBJECT, frame);
+    }
+  }
+
+  private newRoom(slug: string, name: string, description: string | null, createdBy: string | null, isDefault: boolean, now: number): Room {
+    return {
+      id: roomIdForSlug(slug), slug, name, description, is_default: isDefault, created_at: new Date(now).toISOString(),
+      created_by: createdBy, matrix_room_id: null, matrix_room_alias: null,
+    };
+  }
+
+  private systemEvent(room: Room, text: string, now: number, userId: string | null = null): FeedEvent {
+    const payload = { body: text, snippet: text, room_slug: room.slug };
+    return { id: this.ids.make("feedEvent", now), kind: "system", room_id: room.id, user_id: userId, agent_id: null, payload, created_at: room.created_at };
+  }
+}
+
+function notFound(roomId: string): AppError {
+  return new AppError("room_not_found", `room ${roomId} does not exist`);
+}

@@ -1,0 +1,125 @@
+/**
+ * MessageWriter: the write path of room messages (seed 000 §4.1/§5.1: persist, record a
+ * `room_message` feed event, then publish). Per room, writes are serialised and batched: while one
+ * batch is being committed, new messages queue, and the next commit takes them all at once (group
+ * commit). Ids are assigned when a batch is formed, so within a room, id order = commit order =
+ * publish order, which is what SPEC "Realtime guarantees" asks of a room.
+ */
+import type { Clock } from "../../clock.ts";
+import { AppError } from "../../engine/errors.ts";
+import { IdGenerator, idTime } from "../../ids.ts";
+import type { Logger } from "../../log.ts";
+import type { FeedEvent, Message, MessageWrite, Store } from "../../storage/store.ts";
+
+export interface MessageWriterOptions {
+  store: Store;
+  ids: IdGenerator;
+  clock: Clock;
+  log: Logger;
+  /** Called once per committed batch, in commit order, before any writer promise resolves. */
+  onCommitted(batch: MessageWrite[]): void;
+  /** Most messages in one commit. */
+  maxBatch?: number;
+}
+
+/** What a writer of a message says; `body` must already be validated and trimmed. */
+export interface MessageDraft {
+  roomId: string;
+  authorUserId: string | null;
+  authorAgentId: string | null;
+  body: string;
+}
+
+interface Pending {
+  draft: MessageDraft;
+  resolve(m: Message): void;
+  reject(e: unknown): void;
+}
+
+const SNIPPET_CHARS = 140;
+
+/** The feed payload of seed 000 §4.1 (`body`, `snippet`) plus the message id it records. */
+export function feedPayload(message: Message): Record<string, unknown> {
+  const chars = [...message.body];
+  const snippet = chars.length > SNIPPET_CHARS ? chars.slice(0, SNIPPET_CHARS - 1).join("") + "…" : message.body;
+  return { body: message.body, snippet, message_id: message.id };
+}
+
+export class MessageWriter {
+  private readonly queues = new Map<string, Pending[]>();
+  private readonly busy = new Set<string>();
+  private readonly idle: (() => void)[] = [];
+  private closed = false;
+
+  constructor(private readonly opts: MessageWriterOptions) {}
+
+  /**
+   * Queues a message for its room's next commit.
+   * @returns the stored message, once it is durable and published
+   * @throws AppError `store_unavailable` when the commit failed (nothing of it was written);
+   *   `shutting_down` after {@link drain} began
+   */
+  write(draft: MessageDraft): Promise<Message> {
+    if (this.closed) return Promise.reject(new AppError("shutting_down", "server is shutting down"));
+    return new Promise<Message>((resolve, reject) => {
+      let q = this.queues.get(draft.roomId);
+      if (!q) this.queues.set(draft.roomId, (q = []));
+      q.push({ draft, resolve, reject });
+      if (!this.busy.has(draft.roomId)) void this.run(draft.roomId);
+    });
+  }
+
+  /** Refuses new writes and resolves once every queued write has been committed or failed. */
+  async drain(): Promise<void> {
+    this.closed = true;
+    if (this.busy.size === 0) return;
+    await new Promise<void>((r) => this.idle.push(r));
+  }
+
+  private async run(roomId: string): Promise<void> {
+    this.busy.add(roomId);
+    const max = this.opts.maxBatch ?? 256;
+    try {
+      for (;;) {
+        const q = this.queues.get(roomId);
+        if (!q || q.length === 0) break;
+        const taken = q.splice(0, max);
+        const batch = taken.map((p) => this.materialise(p.draft));
+        try {
+          await this.opts.store.appendMessages(batch);
+        } catch (err) {
+          this.opts.log.error("city: message commit failed", { room_id: roomId, messages: batch.length, err });
+          const e = new AppError("store_unavailable", "the message store is unavailable; nothing was saved", 1);
+          for (const p of taken) p.reject(e);
+          continue;
+        }
+        try {
+          this.opts.onCommitted(batch);
+        } catch (err) {
+          this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
+        }
+        for (let i = 0; i < taken.length; i++) taken[i]!.resolve(batch[i]!.message);
+      }
+    } finally {
+      this.queues.delete(roomId);
+      this.busy.delete(roomId);
+      if (this.busy.size === 0) for (const r of this.idle.splice(0)) r();
+    }
+  }
+
+  private materialise(d: MessageDraft): MessageWrite {
+    const id = this.opts.ids.make("message", this.opts.clock.now());
+    const created_at = new Date(idTime("message", id)).toISOString();
+    const message: Message = { id, room_id: d.roomId, author_user_id: d.authorUserId, author_agent_id: d.authorAgentId, body: d.body, created_at };
+    const event: FeedEvent = {
+      id: this.opts.ids.make("feedEvent", this.opts.clock.now()),
+      kind: "room_message",
+      room_id: d.roomId,
+      user_id: d.authorUserId,
+      agent_id: d.authorAgentId,
+      payload: feedPayload(message),
+      created_at,
+    };
+    return { message, event };
+  }
+}

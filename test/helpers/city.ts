@@ -1,0 +1,139 @@
+/**
+ * Starting city instances in-process for tests (on port 0, in a temp DATA_DIR), signing tokens
+ * for them, and small WebSocket helpers.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { signToken } from "../../src/auth/tokens.ts";
+import { startCity, type CityInstance, type StartOptions } from "../../src/city.ts";
+import { loadConfig, type Config } from "../../src/config.ts";
+import { silentLogger } from "../../src/log.ts";
+
+export const TEST_SECRET = "test-secret-0123456789-abcdefghijklmnop";
+
+/** A config for tests: temp DATA_DIR, a fixed JWT secret, quiet logs, overridden by `env`. */
+export function testConfig(env: Record<string, string> = {}): { config: Config; cleanup: () => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), "dc-city-"));
+  const config = loadConfig({ DATA_DIR: dir, JWT_SECRET: TEST_SECRET, LOG_LEVEL: "error", HOST: "127.0.0.1", ...env });
+  return { config, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface TestCity extends CityInstance {
+  config: Config;
+  wsUrl(pathAndQuery: string): string;
+  token(userId: string, ttlSeconds?: number): Promise<string>;
+  /** `fetch` against the instance with an optional bearer token. */
+  http(pathAndQuery: string, init?: RequestInit & { token?: string; json?: unknown }): Promise<Response>;
+  dispose(): Promise<void>;
+}
+
+/** Starts a city on a free port; `dispose()` stops it and removes its DATA_DIR (unless `keepDir`). */
+export async function startTestCity(env: Record<string, string> = {}, opts: Partial<StartOptions> & { config?: Config } = {}): Promise<TestCity> {
+  const made = opts.config ? { config: opts.config, cleanup: () => {} } : testConfig(env);
+  const city = await startCity(made.config, { log: silentLogger, port: 0, ...opts });
+  const secret = made.config.jwtSecret ?? TEST_SECRET;
+  return Object.assign(city, {
+    config: made.config,
+    wsUrl: (p: string) => city.url.replace("http", "ws") + p,
+    token: (userId: string, ttl = 3600) => signToken(secret, userId, ttl),
+    http: (p: string, init: RequestInit & { token?: string; json?: unknown } = {}) => {
+      const headers = new Headers(init.headers);
+      if (init.token) headers.set("authorization", `Bearer ${init.token}`);
+      let body = init.body;
+      if (init.json !== undefined) {
+        headers.set("content-type", "application/json");
+        body = JSON.stringify(init.json);
+      }
+      return fetch(city.url + p, { ...init, headers, body });
+    },
+    dispose: async () => {
+      await city.stop();
+      made.cleanup();
+    },
+  });
+}
+
+/** A client socket that records every frame, with waits on what arrives. */
+export class TestSocket {
+  readonly frames: any[] = [];
+  closed: { code: number; reason: string } | null = null;
+  private waiters: (() => void)[] = [];
+
+  private constructor(readonly ws: WebSocket) {
+    ws.addEventListener("message", (e) => {
+      this.frames.push(JSON.parse(String(e.data)));
+      this.wake();
+    });
+    ws.addEventListener("close", (e) => {
+      this.closed = { code: e.code, reason: e.reason };
+      this.wake();
+    });
+  }
+
+  /** Opens a socket; rejects with the HTTP status when the upgrade is refused. */
+  static open(url: string, headers?: Record<string, string>): Promise<TestSocket> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, headers ? ({ headers } as unknown as string[]) : undefined);
+      const s = new TestSocket(ws);
+      ws.addEventListener("open", () => resolve(s), { once: true });
+      ws.addEventListener("error", () => reject(new Error(`ws open failed: ${url}`)), { once: true });
+    });
+  }
+
+  send(frame: unknown): void {
+    this.ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+  }
+
+  /** Waits for the first recorded frame (from index `from`) matching `pred`. */
+  async next(pred: (f: any) => boolean, ms = 3000, from = 0): Promise<any> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const hit = this.frames.slice(from).find(pred);
+      if (hit) return hit;
+      if (Date.now() > end) throw new Error(`no matching frame within ${ms} ms; got ${JSON.stringify(this.frames).slice(0, 500)}`);
+      await this.waitAny(end - Date.now());
+    }
+  }
+
+  /** Waits until `pred()` holds. */
+  async until(pred: () => boolean, ms = 3000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!pred()) {
+      if (Date.now() > end) throw new Error(`condition not met within ${ms} ms; frames ${JSON.stringify(this.frames).slice(0, 500)}`);
+      await this.waitAny(end - Date.now());
+    }
+  }
+
+  /** Waits for the close event. */
+  async waitClosed(ms = 3000): Promise<{ code: number; reason: string }> {
+    await this.until(() => this.closed !== null, ms);
+    return this.closed!;
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+
+  private waitAny(ms: number): Promise<void> {
+    return new Promise((r) => {
+      const t = setTimeout(r, Math.max(1, Math.min(ms, 50)));
+      this.waiters.push(() => {
+        clearTimeout(t);
+        r();
+      });
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+/** Upgrade attempt that returns the refusal (status and JSON body) instead of a socket. */
+export async function refusedUpgrade(httpUrl: string, headers: Record<string, string> = {}): Promise<{ status: number; body: any }> {
+  const res = await fetch(httpUrl, {
+    headers: { upgrade: "websocket", connection: "Upgrade", "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13", ...headers },
+  });
+  return { status: res.status, body: await res.json().catch(() => null) };
+}

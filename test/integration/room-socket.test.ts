@@ -1,0 +1,243 @@
+/**
+ * Room sockets against a real listening server (port 0), on the embedded store and, when
+ * DATABASE_URL is set, on PostgreSQL: fan-out, acknowledgement, membership, recovery, bad frames.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
+import { refusedUpgrade, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
+
+const pgBase = engineUrl("DATABASE_URL", "room sockets on postgres");
+const variants: { name: string; env: () => Promise<{ env: Record<string, string>; drop: () => Promise<void> }> }[] = [
+  { name: "sqlite", env: async () => ({ env: {}, drop: async () => {} }) },
+];
+if (pgBase) {
+  variants.push({
+    name: "postgres",
+    env: async () => {
+      const db = await createTestDatabase(pgBase);
+      return { env: { DATABASE_URL: db.url }, drop: db.drop };
+    },
+  });
+}
+
+const GENERAL = "room_city_general";
+
+for (const variant of variants) {
+  describe(`room sockets (${variant.name})`, () => {
+    let city: TestCity;
+    let drop: () => Promise<void>;
+    let alice: string;
+    let bob: string;
+    const sockets: TestSocket[] = [];
+    const open = async (path: string) => {
+      const s = await TestSocket.open(city.wsUrl(path));
+      sockets.push(s);
+      return s;
+    };
+    const messageCount = async (roomId = GENERAL) => ((await (await city.http(`/city/rooms/${roomId}/messages?limit=200`)).json()) as unknown[]).length;
+
+    beforeAll(async () => {
+      const made = await variant.env();
+      drop = made.drop;
+      city = await startTestCity({ ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", ROOM_RECOVERY_MAX_MESSAGES: "50" });
+      alice = await city.token("u_alice");
+      bob = await city.token("u_bob");
+    });
+    afterAll(async () => {
+      for (const s of sockets) s.close();
+      await city.dispose();
+      await drop();
+    });
+
+    test("a message sent on one socket reaches the others in the seed's shape and is stored", async () => {
+      const a = await open(`/ws/city/rooms/${GENERAL}?token=${alice}`);
+      const b = await open(`/ws/city/rooms/${GENERAL}?token=${bob}`);
+      const anon = await open(`/ws/city/rooms/${GENERAL}`);
+      a.send({ event: "room.message.send", room_id: GENERAL, body: "  Привіт місто!  " });
+      const got = await b.next((f) => f.event === "room.message");
+      expect(Object.keys(got).sort()).toEqual(["event", "message", "room_id"]);
+      expect(got.room_id).toBe(GENERAL);
+      expect(got.message).toMatchObject({ room_id: GENERAL, author_user_id: "u_alice", author_agent_id: null, body: "Привіт місто!" });
+      expect(got.message.id).toMatch(/^m_city_[0-9A-HJKMNP-TV-Z]{26}$/);
+      // the sender's acknowledgement is the same publication; anonymous readers get it too
+      expect((await a.next((f) => f.event === "room.message")).message.id).toBe(got.message.id);
+      expect((await anon.next((f) => f.event === "room.message")).message.id).toBe(got.message.id);
+      const detail = (await (await city.http(`/city/rooms/${GENERAL}`)).json()) as any;
+      expect(detail.messages.at(-1)).toEqual(got.message);
+      const feed = (await (await city.http(`/city/feed?limit=1`)).json()) as any[];
+      expect(feed[0]).toMatchObject({ kind: "room_message", room_id: GENERAL, user_id: "u_alice", payload: { body: "Привіт місто!", message_id: got.message.id } });
+    });
+
+    test("HTTP POST takes the same path: 201 with the message, room.message on the sockets", async () => {
+      const s = await open(`/ws/city/rooms/${GENERAL}`);
+      const res = await city.http(`/city/rooms/${GENERAL}/messages`, { method: "POST", token: bob, json: { body: "from http" } });
+      expect(res.status).toBe(201);
+      const m = (await res.json()) as any;
+      const got = await s.next((f) => f.event === "room.message" && f.message.id === m.id);
+      expect(got.message).toEqual(m);
+    });
+
+    test("per room, every socket sees messages in id order", async () => {
+      const readers = await Promise.all([open(`/ws/city/rooms/${GENERAL}`), open(`/ws/city/rooms/${GENERAL}`)]);
+      const w1 = await open(`/ws/city/rooms/${GENERAL}?token=${alice}`);
+      const w2 = await open(`/ws/city/rooms/${GENERAL}?token=${bob}`);
+      for (let i = 0; i < 40; i++) {
+        w1.send({ event: "room.message.send", body: `a${i}` });
+        w2.send({ event: "room.message.send", body: `b${i}` });
+        if (i % 10 === 0) await city.http(`/city/rooms/${GENERAL}/messages`, { method: "POST", token: alice, json: { body: `h${i}` } });
+      }
+      for (const r of readers) {
+        await r.until(() => r.frames.filter((f) => f.event === "room.message").length >= 84);
+        const ids = r.frames.filter((f) => f.event === "room.message").map((f) => f.message.id);
+        expect(ids).toEqual([...ids].sort());
+        expect(new Set(ids).size).toBe(ids.length);
+      }
+      expect(readers[0]!.frames.filter((f) => f.event === "room.message").map((f) => f.message.id)).toEqual(
+        readers[1]!.frames.filter((f) => f.event === "room.message").map((f) => f.message.id),
+      );
+    });
+
+    test("room.join / room.leave announce a user's first and last socket; members_online counts users", async () => {
+      const room = "room_city_science";
+      const watcher = await open(`/ws/city/rooms/${room}`);
+      const count = async () => ((await (await city.http(`/city/rooms`)).json()) as any[]).find((r) => r.id === room).members_online;
+      expect(await count()).toBe(0);
+      const b1 = await open(`/ws/city/rooms/${room}?token=${bob}`);
+      expect(await watcher.next((f) => f.event === "room.join")).toEqual({ event: "room.join", room_id: room, user_id: "u_bob" });
+      const b2 = await open(`/ws/city/rooms/${room}?token=${bob}`);
+      expect(await count()).toBe(1);
+      expect(((await (await city.http(`/city/rooms/${room}`)).json()) as any).members_online).toBe(1);
+      b1.close();
+      await b1.waitClosed();
+      await Bun.sleep(30);
+      expect(watcher.frames.filter((f) => f.event === "room.leave")).toEqual([]);
+      b2.send({ event: "room.leave", room_id: room });
+      expect(await watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_bob" });
+      expect(await count()).toBe(0);
+      // out of the room: no live messages; the sender still gets its acknowledgement
+      b2.send({ event: "room.message.send", body: "while out" });
+      const ack = await b2.next((f) => f.event === "room.message");
+      expect(ack.message.body).toBe("while out");
+      b2.send({ event: "room.join", room_id: room });
+      await watcher.next((f) => f.event === "room.join", 3000, watcher.frames.findIndex((f) => f.event === "room.leave"));
+      expect(await count()).toBe(1);
+      expect(watcher.frames.filter((f) => f.event === "room.join").length).toBe(2);
+    });
+
+    test("HTTP join/leave announce to the room and need a token", async () => {
+      const room = "room_city_energy";
+      const s = await open(`/ws/city/rooms/${room}`);
+      expect((await city.http(`/city/rooms/${room}/join`, { method: "POST" })).status).toBe(401);
+      const res = await city.http(`/city/rooms/${room}/join`, { method: "POST", token: alice });
+      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_alice" });
+      expect(await s.next((f) => f.event === "room.join")).toEqual({ event: "room.join", room_id: room, user_id: "u_alice" });
+      await city.http(`/city/rooms/${room}/leave`, { method: "POST", token: alice });
+      expect(await s.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_alice" });
+      expect((await city.http(`/city/rooms/room_city_nope/join`, { method: "POST", token: alice })).status).toBe(404);
+    });
+
+    test("recovery: reconnecting with since replays what was missed, in order, then goes live without gaps or duplicates", async () => {
+      const room = "room_city_builders";
+      const first = await open(`/ws/city/rooms/${room}?token=${alice}`);
+      first.send({ event: "room.message.send", body: "before the break" });
+      const last = (await first.next((f) => f.event === "room.message")).message.id;
+      first.close();
+      await first.waitClosed();
+      for (let i = 0; i < 5; i++) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `missed ${i}` } });
+      // keep writing while the socket reconnects, so some messages race the replay
+      let writing = true;
+      let n = 0;
+      const writer = (async () => {
+        while (writing) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `live ${n++}` } });
+      })();
+      await Bun.sleep(5);
+      const again = await open(`/ws/city/rooms/${room}?token=${alice}&since=${last}`);
+      await Bun.sleep(100);
+      writing = false;
+      await writer;
+      const stored = ((await (await city.http(`/city/rooms/${room}/messages?limit=200`)).json()) as any[]).map((m) => m.id);
+      const expected = stored.slice(stored.indexOf(last) + 1);
+      await again.until(() => again.frames.filter((f) => f.event === "room.message").length >= expected.length);
+      const got = again.frames.filter((f) => f.event === "room.message").map((f) => f.message.id);
+      expect(got).toEqual(expected);
+      expect(again.frames.filter((f) => f.event === "room.message").slice(0, 5).map((f) => f.message.body)).toEqual(
+        [0, 1, 2, 3, 4].map((i) => `missed ${i}`),
+      );
+    });
+
+    test("recovery of more than ROOM_RECOVERY_MAX_MESSAGES replays the newest and says it was truncated", async () => {
+      const room = "room_city_welcome";
+      const res = await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: "cursor" } });
+      const since = ((await res.json()) as any).id;
+      for (let i = 0; i < 53; i++) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `m${i}` } });
+      const s = await open(`/ws/city/rooms/${room}?since=${since}`);
+      const notice = await s.next((f) => f.event === "error");
+      expect(notice.code).toBe("recovery_truncated");
+      const bodies = s.frames.filter((f) => f.event === "room.message").map((f) => f.message.body);
+      expect(bodies).toEqual(Array.from({ length: 50 }, (_, i) => `m${i + 3}`));
+      expect(s.closed).toBeNull();
+    });
+
+    test("bad frames get an error frame, change nothing, and leave the socket open", async () => {
+      const s = await open(`/ws/city/rooms/${GENERAL}?token=${alice}`);
+      const anon = await open(`/ws/city/rooms/${GENERAL}`);
+      const before = await messageCount();
+      const cases: [unknown, string][] = [
+        ["not json", "invalid_frame"],
+        ["[1,2]", "invalid_frame"],
+        [{ noevent: 1 }, "invalid_frame"],
+        [{ event: "room.explode" }, "unknown_event"],
+        [{ event: "room.message.send", room_id: "room_city_science", body: "x" }, "room_mismatch"],
+        [{ event: "room.message.send", body: "   " }, "validation_failed"],
+        [{ event: "room.message.send", body: "x".repeat(4001) }, "validation_failed"],
+        [{ event: "room.message.send", body: 42 }, "validation_failed"],
+        [{ event: "room.message.send" }, "validation_failed"],
+      ];
+      for (const [frame, code] of cases) {
+        const from = s.frames.length;
+        s.send(frame);
+        const err = await s.next((f) => f.event === "error", 3000, from);
+        expect({ frame, code: err.code }).toEqual({ frame, code });
+        expect(typeof err.message).toBe("string");
+      }
+      s.ws.send(new Uint8Array([1, 2, 3]));
+      expect((await s.next((f) => f.event === "error" && f.message.includes("binary"))).code).toBe("invalid_frame");
+      anon.send({ event: "room.message.send", body: "anonymous" });
+      expect((await anon.next((f) => f.event === "error")).code).toBe("unauthorized");
+      // exactly 4000 characters (emoji count as one) is accepted
+      s.send({ event: "room.message.send", body: "🚀".repeat(4000) });
+      await s.next((f) => f.event === "room.message" && f.message.author_user_id === "u_alice" && f.message.body.length === 8000);
+      expect(await messageCount()).toBe(before + 1);
+      expect(s.closed).toBeNull();
+      expect(anon.closed).toBeNull();
+    });
+
+    test("an oversize frame gets frame_too_large and closes the socket with 1009", async () => {
+      const s = await open(`/ws/city/rooms/${GENERAL}?token=${alice}`);
+      const before = await messageCount();
+      s.send({ event: "room.message.send", body: "x".repeat(city.config.wsMaxFrameBytes) });
+      expect((await s.next((f) => f.event === "error")).code).toBe("frame_too_large");
+      expect((await s.waitClosed()).code).toBe(1009);
+      expect(await messageCount()).toBe(before);
+    });
+
+    test("upgrades are refused with a JSON error: unknown room, bad since, forged or expired token", async () => {
+      const base = city.url;
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/room_city_nope`)).toMatchObject({ status: 404, body: { error: { code: "room_not_found" } } });
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/..%2F..%2Fetc`)).toMatchObject({ status: 404 });
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/${GENERAL}?since=nope`)).toMatchObject({ status: 400, body: { error: { code: "invalid_cursor" } } });
+      const forged = alice.slice(0, -4) + (alice.endsWith("AAAA") ? "BBBB" : "AAAA");
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/${GENERAL}?token=${forged}`)).toMatchObject({ status: 401, body: { error: { code: "unauthorized" } } });
+      const expired = await city.token("u_alice", -60);
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/${GENERAL}?token=${expired}`)).toMatchObject({ status: 401, body: { error: { message: "token expired" } } });
+      expect(await refusedUpgrade(`${base}/ws/city/rooms/${GENERAL}`, { authorization: `Bearer ${forged}` })).toMatchObject({ status: 401 });
+      const plain = await fetch(`${base}/ws/city/rooms/${GENERAL}`);
+      expect(plain.status).toBe(426);
+      // a header token works as well as ?token=
+      const viaHeader = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${GENERAL}`), { authorization: `Bearer ${bob}` });
+      sockets.push(viaHeader);
+      viaHeader.send({ event: "room.message.send", body: "header auth" });
+      expect((await viaHeader.next((f) => f.event === "room.message" && f.message.body === "header auth")).message.author_user_id).toBe("u_bob");
+    });
+  });
+}
