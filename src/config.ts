@@ -114,7 +114,7 @@ const DEFAULT_ROOMS = "general,welcome,builders,science,energy";
 
 const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "HOST", key: "host", type: "string", fallback: "0.0.0.0", doc: "Listen address.", parse: (r) => (r ?? "").trim() || "0.0.0.0" },
-  { env: "PORT", key: "port", type: "integer 1..65535", fallback: "7001", doc: "HTTP and WebSocket port (seed 001 runs the city service on 7001).", parse: int(1, 65535) },
+  { env: "PORT", key: "port", type: "integer 0..65535", fallback: "7001", doc: "HTTP and WebSocket port (seed 001 runs the city service on 7001); 0 picks a free port (logged at start).", parse: int(0, 65535) },
   {
     env: "DATA_DIR", key: "dataDir", type: "path", fallback: "./data",
     doc: "Where the embedded SQLite database (`city.sqlite`) and a generated `jwt-secret` live; relative to the working directory.",
@@ -126,7 +126,7 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   },
   { env: "DATABASE_POOL_MAX", key: "databasePoolMax", type: "integer 1..200", fallback: "10", doc: "PostgreSQL connections per process.", parse: int(1, 200) },
   {
-    env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL | NORMAL", fallback: "FULL",
+    env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL or NORMAL", fallback: "FULL",
     doc: "Embedded store durability: FULL fsyncs each commit, NORMAL survives a process crash but not a power cut.",
     parse: oneOf(["FULL", "NORMAL"] as const),
   },
@@ -184,7 +184,7 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "CITY_WRITE_BURST", key: "writeBurst", type: "integer 1..100000", fallback: "20", doc: "Writes a user may make at once before the rate applies.", parse: int(1, 100_000) },
   { env: "HTTP_MAX_BODY_BYTES", key: "httpMaxBodyBytes", type: "integer 1024..16777216", fallback: "65536", doc: "Largest HTTP request body; larger ones get 413.", parse: int(1024, 16_777_216) },
   { env: "SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", type: "integer 100..60000", fallback: "9000", doc: "Graceful stop budget on SIGTERM/SIGINT before the process exits anyway.", parse: int(100, 60_000) },
-  { env: "LOG_LEVEL", key: "logLevel", type: "debug | info | warn | error", fallback: "info", doc: "Least severe log level written.", parse: oneOf(["debug", "info", "warn", "error"] as const) },
+  { env: "LOG_LEVEL", key: "logLevel", type: "debug, info, warn or error", fallback: "info", doc: "Least severe log level written.", parse: oneOf(["debug", "info", "warn", "error"] as const) },
 ];
 
 /**

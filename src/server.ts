@@ -66,7 +66,9 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
   return Bun.serve<SocketData>({
     hostname: config.host,
     port: o.port ?? config.port,
-    maxRequestBodySize: config.httpMaxBodyBytes,
+    // Bun refuses larger bodies itself (a bare 413); below that, a declared length over the limit
+    // gets our JSON 413 in fetch(), and a chunked body is bounded by this hard cap.
+    maxRequestBodySize: config.httpMaxBodyBytes * 4,
     fetch(req, server) {
       const path = pathOf(req.url);
       for (const route of o.routes) {

@@ -9,7 +9,7 @@ import { AppError } from "../engine/errors.ts";
 
 /** @example app.use(authPlugin(verifier)).post("/x", ({ principal }) => requireUser(principal)) */
 export function authPlugin(verifier: TokenVerifier) {
-  return new Elysia({ name: "auth", seed: verifier }).resolve({ as: "global" }, async ({ headers }) => ({
+  return new Elysia({ name: "auth" }).resolve({ as: "global" }, async ({ headers }) => ({
     principal: await verifier.fromAuthorization(headers.authorization),
   }));
 }

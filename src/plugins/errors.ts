@@ -34,7 +34,7 @@ function describeValidation(err: ValidationError): string {
  * @example app.use(errorPlugin(log))
  */
 export function errorPlugin(log: Logger) {
-  return new Elysia({ name: "errors", seed: log }).onError({ as: "global" }, ({ code, error, set }) => {
+  return new Elysia({ name: "errors" }).onError({ as: "global" }, ({ code, error, set }) => {
     set.headers["content-type"] = "application/json";
     if (error instanceof AppError) {
       set.status = error.status;

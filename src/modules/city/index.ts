@@ -22,7 +22,7 @@ function roomId(raw: string): string {
 const errors = { 400: ErrorModel, 401: ErrorModel, 404: ErrorModel, 409: ErrorModel, 429: ErrorModel, 503: ErrorModel };
 
 export function cityController(city: CityService, verifier: TokenVerifier) {
-  return new Elysia({ name: "city", seed: city })
+  return new Elysia({ name: "city" })
     .use(authPlugin(verifier))
     .get("/city/rooms", ({ query }) => city.listRooms(query.limit ?? 50, query.offset ?? 0), {
       query: RoomsQuery,

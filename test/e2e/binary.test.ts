@@ -1,0 +1,163 @@
+/**
+ * The compiled executable, end to end: built once, started from an unrelated working directory,
+ * driven over real HTTP and sockets, stopped with SIGTERM, restarted. On PostgreSQL (when
+ * DATABASE_URL is set) and on the embedded default.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import type { Subprocess } from "bun";
+import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
+import { TestSocket } from "../helpers/city.ts";
+
+const root = path.join(import.meta.dir, "../..");
+const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-"));
+const binary = path.join(work, "daarion-city");
+
+beforeAll(async () => {
+  const build = Bun.spawnSync(["bun", "build", "src/main.ts", "--compile", "--outfile", binary], { cwd: root, stderr: "pipe", stdout: "pipe" });
+  if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr.toString()}`);
+}, 120_000);
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+interface Running {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  url: string;
+  lines: string[];
+}
+
+/** Starts the binary with `env` in a fresh working directory and waits for its "listening" line. */
+async function start(env: Record<string, string>): Promise<Running> {
+  const cwd = mkdtempSync(path.join(work, "cwd-"));
+  const proc = Bun.spawn([binary, "serve"], {
+    cwd,
+    env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ...env },
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const lines: string[] = [];
+  const reader = proc.stdout.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    if (Date.now() > deadline) throw new Error(`binary did not start: ${lines.join("\n")}`);
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`binary exited: ${lines.join("\n")} ${await new Response(proc.stderr).text()}`);
+    buf += decoder.decode(value);
+    const parts = buf.split("\n");
+    buf = parts.pop()!;
+    lines.push(...parts);
+    const listening = parts.map((l) => JSON.parse(l)).find((l) => l.msg === "city: listening");
+    if (listening) {
+      void (async () => {
+        for (;;) {
+          const r = await reader.read();
+          if (r.done) break;
+          lines.push(...decoder.decode(r.value).split("\n").filter(Boolean));
+        }
+      })();
+      return { proc, url: listening.url, lines };
+    }
+  }
+}
+
+/** SIGTERM and the exit code, with how long the stop took. */
+async function stop(r: Running): Promise<{ code: number | null; ms: number }> {
+  const t0 = Date.now();
+  r.proc.kill("SIGTERM");
+  const code = await r.proc.exited;
+  return { code, ms: Date.now() - t0 };
+}
+
+function token(env: Record<string, string>, user: string): string {
+  const out = Bun.spawnSync([binary, "token", user], { env: { PATH: process.env.PATH ?? "", ...env }, stdout: "pipe", stderr: "pipe" });
+  if (out.exitCode !== 0) throw new Error(out.stderr.toString());
+  return out.stdout.toString().trim();
+}
+
+const pg = engineUrl("DATABASE_URL", "compiled binary on postgres");
+const variants: { name: string; env: () => Promise<{ env: Record<string, string>; drop: () => Promise<void> }> }[] = [
+  { name: "embedded default", env: async () => ({ env: { DATA_DIR: mkdtempSync(path.join(work, "data-")) }, drop: async () => {} }) },
+];
+if (pg) {
+  variants.push({
+    name: "postgres",
+    env: async () => {
+      const db = await createTestDatabase(pg);
+      return { env: { DATABASE_URL: db.url, JWT_SECRET: "e2e-secret-0123456789-abcdefghijklmnopq", DATA_DIR: mkdtempSync(path.join(work, "data-")) }, drop: db.drop };
+    },
+  });
+}
+
+for (const v of variants) {
+  describe(`compiled binary (${v.name})`, () => {
+    test("serves the default rooms, fans a message out between sockets, drains on SIGTERM and keeps the message across a restart", async () => {
+      const { env, drop } = await v.env();
+      try {
+        const first = await start(env);
+        const rooms = (await (await fetch(`${first.url}/city/rooms`)).json()) as any[];
+        expect(rooms.map((r) => r.slug)).toEqual(["general", "welcome", "builders", "science", "energy"]);
+
+        const alice = token(env, "u_alice");
+        const ws = first.url.replace("http", "ws");
+        const sender = await TestSocket.open(`${ws}/ws/city/rooms/room_city_general?token=${alice}`);
+        const receiver = await TestSocket.open(`${ws}/ws/city/rooms/room_city_general`);
+        sender.send({ event: "room.message.send", room_id: "room_city_general", body: "e2e привіт" });
+        const got = await receiver.next((f) => f.event === "room.message");
+        expect(got.message).toMatchObject({ body: "e2e привіт", author_user_id: "u_alice", room_id: "room_city_general" });
+
+        const stopped = await stop(first);
+        expect(stopped.code).toBe(0);
+        expect(stopped.ms).toBeLessThan(10_000);
+        expect((await receiver.waitClosed()).code).toBe(1001);
+        expect((await sender.waitClosed()).code).toBe(1001);
+
+        const second = await start(env);
+        try {
+          const detail = (await (await fetch(`${second.url}/city/rooms/room_city_general`)).json()) as any;
+          expect(detail.messages.map((m: any) => m.id)).toContain(got.message.id);
+          expect(detail.messages.filter((m: any) => m.author_user_id === null).length).toBe(1);
+          // the token from before the restart is still valid (same secret)
+          const res = await fetch(`${second.url}/city/rooms/room_city_general/messages`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${alice}`, "content-type": "application/json" },
+            body: JSON.stringify({ body: "after restart" }),
+          });
+          expect(res.status).toBe(201);
+        } finally {
+          expect((await stop(second)).code).toBe(0);
+        }
+      } finally {
+        await drop();
+      }
+    }, 60_000);
+  });
+}
+
+describe("compiled binary: command line", () => {
+  test("a bad configuration stops the start with one clear line and exit 1", () => {
+    const out = Bun.spawnSync([binary, "serve"], { env: { PATH: process.env.PATH ?? "", PORT: "x" }, stdout: "pipe", stderr: "pipe" });
+    expect(out.exitCode).toBe(1);
+    expect(out.stderr.toString().trim()).toBe('config: PORT must be an integer in 0..65535, got "x"');
+  });
+
+  test("migrate applies once, then reports up to date", () => {
+    const env = { PATH: process.env.PATH ?? "", DATA_DIR: mkdtempSync(path.join(work, "mig-")) };
+    const first = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
+    expect(first.stdout.toString().trim()).toBe("migrate: applied 0001_city on sqlite");
+    const second = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
+    expect(second.stdout.toString().trim()).toBe("migrate: sqlite is up to date");
+  });
+
+  test("an unknown command or a bad token request is a usage error (exit 2)", () => {
+    const env = { PATH: process.env.PATH ?? "", DATA_DIR: mkdtempSync(path.join(work, "cli-")) };
+    expect(Bun.spawnSync([binary, "fly"], { env, stderr: "pipe" }).exitCode).toBe(2);
+    expect(Bun.spawnSync([binary, "token"], { env, stderr: "pipe" }).exitCode).toBe(2);
+    const bad = Bun.spawnSync([binary, "token", "alice"], { env, stderr: "pipe" });
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr.toString()).toContain("user id must match");
+  });
+});

@@ -1,0 +1,70 @@
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { exportSPKI, generateKeyPair, SignJWT } from "jose";
+import { resolveSecret, signToken, TokenVerifier } from "../../src/auth/tokens.ts";
+
+const SECRET = "k".repeat(40);
+
+describe("tokens", () => {
+  test("a signed token verifies to its subject", async () => {
+    const v = await TokenVerifier.create({ secret: SECRET });
+    expect(await v.verify(await signToken(SECRET, "u_alice", 60))).toEqual({ userId: "u_alice" });
+    expect(await v.fromAuthorization(`Bearer ${await signToken(SECRET, "u_bob", 60)}`)).toEqual({ userId: "u_bob" });
+    expect(await v.fromAuthorization(undefined)).toBeNull();
+  });
+
+  test("forged, expired, wrong-secret, non-user and alg=none tokens are unauthorized", async () => {
+    const v = await TokenVerifier.create({ secret: SECRET });
+    const good = await signToken(SECRET, "u_alice", 60);
+    const bad = [
+      good.slice(0, -2) + "xx",
+      await signToken(SECRET, "u_alice", -30),
+      await signToken("z".repeat(40), "u_alice", 60),
+      await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("root").setExpirationTime("1h").sign(new TextEncoder().encode(SECRET)),
+      `${btoa(JSON.stringify({ alg: "none" })).replace(/=/g, "")}.${btoa(JSON.stringify({ sub: "u_alice" })).replace(/=/g, "")}.`,
+      "garbage",
+    ];
+    for (const t of bad) await expect(v.verify(t)).rejects.toMatchObject({ code: "unauthorized", status: 401 });
+    await expect(v.verify(bad[1]!)).rejects.toThrow("token expired");
+    await expect(v.fromAuthorization("Token abc")).rejects.toMatchObject({ code: "unauthorized" });
+  });
+
+  test("issuer and audience are enforced when configured", async () => {
+    const v = await TokenVerifier.create({ secret: SECRET, issuer: "daarion", audience: "city" });
+    expect(await v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toEqual({ userId: "u_a" });
+    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" }))).rejects.toMatchObject({ code: "unauthorized" });
+  });
+
+  test("RS256 tokens verify with JWT_PUBLIC_KEY, next to HS256", async () => {
+    const { publicKey, privateKey } = await generateKeyPair("RS256");
+    const v = await TokenVerifier.create({ secret: SECRET, publicKeyPem: await exportSPKI(publicKey) });
+    const rs = await new SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("u_ext").setExpirationTime("1h").sign(privateKey);
+    expect(await v.verify(rs)).toEqual({ userId: "u_ext" });
+    expect(await v.verify(await signToken(SECRET, "u_local", 60))).toEqual({ userId: "u_local" });
+    const hsOnly = await TokenVerifier.create({ secret: SECRET });
+    await expect(hsOnly.verify(rs)).rejects.toMatchObject({ code: "unauthorized" });
+  });
+
+  test("signToken refuses a user id that is not u_*", async () => {
+    await expect(signToken(SECRET, "alice", 60)).rejects.toThrow("user id must match");
+  });
+
+  test("resolveSecret creates one 0600 secret in DATA_DIR and reuses it", () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "dc-secret-"));
+    try {
+      const a = resolveSecret(null, dir);
+      const b = resolveSecret(null, dir);
+      expect(a.generated).toBe(true);
+      expect(b.generated).toBe(false);
+      expect(b.secret).toBe(a.secret);
+      expect(a.secret.length).toBeGreaterThanOrEqual(32);
+      expect(readFileSync(path.join(dir, "jwt-secret"), "utf8").trim()).toBe(a.secret);
+      expect(statSync(path.join(dir, "jwt-secret")).mode & 0o777).toBe(0o600);
+      expect(resolveSecret(SECRET, dir)).toEqual({ secret: SECRET, generated: false, file: null });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
