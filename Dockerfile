@@ -5,7 +5,7 @@ COPY package.json bun.lock bunfig.toml tsconfig.json ./
 RUN bun install --frozen-lockfile
 COPY src ./src
 COPY migrations ./migrations
-RUN bun build src/main.ts --compile --minify --sourcemap --outfile dist/daarion-city
+RUN bun build src/main.ts src/storage/sqlite-writer.worker.ts --compile --minify --sourcemap --outfile dist/daarion-city
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin city \

@@ -118,6 +118,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const routes = [
       roomSocketRoute({
         city, hub, occupancy, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
+        membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
       }),
     ] as unknown as SocketRoute<SocketData>[];
     const server = serveCity({ config, port: opts.port, app, routes, log, isShuttingDown: () => shuttingDown });

@@ -40,6 +40,8 @@ export interface Config {
   wsIdleTimeoutSeconds: number;
   /** Most messages replayed to a socket that reconnects with `since`. */
   roomRecoveryMaxMessages: number;
+  /** Rooms with more users online than this do not announce socket joins and leaves (O(n²) fan-out). */
+  roomMembershipEventsMaxMembers: number;
   /** Per-user write budget: sustained writes per second and burst size; 0 turns the limit off. */
   writeRatePerSecond: number;
   writeBurst: number;
@@ -180,6 +182,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   },
   { env: "WS_IDLE_TIMEOUT_SECONDS", key: "wsIdleTimeoutSeconds", type: "integer 8..960", fallback: "120", doc: "Sockets silent this long (no frame, no pong) are closed; the server pings before that.", parse: int(8, 960) },
   { env: "ROOM_RECOVERY_MAX_MESSAGES", key: "roomRecoveryMaxMessages", type: "integer 1..10000", fallback: "1000", doc: "Most messages replayed to a socket reconnecting with `since`.", parse: int(1, 10_000) },
+  {
+    env: "ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS", key: "roomMembershipEventsMaxMembers", type: "integer 0..1000000", fallback: "200",
+    doc: "Sockets joining or leaving a room announce `room.join` / `room.leave` while the room has at most this many users online; above it (every join would go to everyone) they do not. 0 = never.",
+    parse: int(0, 1_000_000),
+  },
   { env: "CITY_WRITE_RATE_PER_SECOND", key: "writeRatePerSecond", type: "integer 0..100000", fallback: "5", doc: "Sustained writes (messages, rooms) per user per second; 0 = no limit.", parse: int(0, 100_000) },
   { env: "CITY_WRITE_BURST", key: "writeBurst", type: "integer 1..100000", fallback: "20", doc: "Writes a user may make at once before the rate applies.", parse: int(1, 100_000) },
   { env: "HTTP_MAX_BODY_BYTES", key: "httpMaxBodyBytes", type: "integer 1024..16777216", fallback: "65536", doc: "Largest HTTP request body; larger ones get 413.", parse: int(1024, 16_777_216) },

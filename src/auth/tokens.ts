@@ -6,6 +6,7 @@
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { errors as joseErrors, importSPKI, jwtVerify, SignJWT, type CryptoKey, type JWTVerifyGetKey } from "jose";
+import { systemClock, type Clock } from "../clock.ts";
 import { AppError } from "../engine/errors.ts";
 
 /** User ids as the seeds write them: `u_` then 1 to 120 of `[A-Za-z0-9._-]`. */
@@ -14,6 +15,8 @@ export const USER_ID_RE = /^u_[A-Za-z0-9._-]{1,120}$/;
 export interface TokenVerifierOptions {
   /** HS256 key. */
   secret: string;
+  /** Time for `exp`/`nbf` checks and the cache (default: the system clock). */
+  clock?: Clock;
   /** PEM SPKI key for RS256 tokens from an external issuer. */
   publicKeyPem?: string | null;
   issuer?: string | null;
@@ -25,7 +28,15 @@ export interface Principal {
   userId: string;
 }
 
+/** Verified tokens remembered (a reconnect storm presents the same tokens again). */
+const CACHE_MAX = 10_000;
+/** How long a token without `exp` stays cached, ms. */
+const CACHE_NO_EXP_MS = 300_000;
+
 export class TokenVerifier {
+  /** token → who it is and until when (epoch ms); insertion order doubles as LRU order. */
+  private readonly cache = new Map<string, { principal: Principal; until: number }>();
+
   private constructor(
     private readonly getKey: JWTVerifyGetKey,
     private readonly algorithms: string[],
@@ -34,7 +45,8 @@ export class TokenVerifier {
 
   /** @throws Error when the public key cannot be parsed */
   static async create(opts: TokenVerifierOptions): Promise<TokenVerifier> {
-    const hmac = new TextEncoder().encode(opts.secret);
+    // Imported once: given raw bytes, jose would import the key again on every verification.
+    const hmac = await crypto.subtle.importKey("raw", new TextEncoder().encode(opts.secret), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
     let rsa: CryptoKey | null = null;
     if (opts.publicKeyPem) {
       try {
@@ -54,22 +66,41 @@ export class TokenVerifier {
    *   wrong issuer/audience, or a `sub` that is not a user id
    */
   async verify(token: string): Promise<Principal> {
+    const now = (this.opts.clock ?? systemClock).now();
+    const hit = this.cache.get(token);
+    if (hit) {
+      this.cache.delete(token);
+      if (hit.until > now) {
+        this.cache.set(token, hit);
+        return hit.principal;
+      }
+    }
     let sub: unknown;
+    let exp: number | undefined;
     try {
       const { payload } = await jwtVerify(token, this.getKey, {
         algorithms: this.algorithms,
         issuer: this.opts.issuer ?? undefined,
         audience: this.opts.audience ?? undefined,
         clockTolerance: 5,
+        currentDate: new Date(now),
       });
       sub = payload.sub;
+      exp = payload.exp;
     } catch (err) {
       if (err instanceof joseErrors.JWTExpired) throw new AppError("unauthorized", "token expired");
       if (err instanceof joseErrors.JWTClaimValidationFailed) throw new AppError("unauthorized", `token claim rejected: ${err.claim}`);
       throw new AppError("unauthorized", "invalid token");
     }
     if (typeof sub !== "string" || !USER_ID_RE.test(sub)) throw new AppError("unauthorized", "token sub must be a user id (u_…)");
-    return { userId: sub };
+    const principal = { userId: sub };
+    this.remember(token, principal, exp === undefined ? now + CACHE_NO_EXP_MS : exp * 1000);
+    return principal;
+  }
+
+  private remember(token: string, principal: Principal, until: number): void {
+    if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
+    this.cache.set(token, { principal, until });
   }
 
   /**

@@ -34,8 +34,13 @@ export function decodeFrame(raw: string | Buffer): { ok: true; frame: ClientFram
 
 // ---- outgoing ------------------------------------------------------------------------------
 
-/** `{ "event": "room.message", "room_id", "message": {…} }` (seed 000 §5.1). */
-export function encodeRoomMessage(roomId: string, message: Message): string {
+/**
+ * `{ "event": "room.message", "room_id", "message": { id, author_user_id, author_agent_id, body,
+ * created_at } }` (seed 000 §5.1; the message in the shape of seed 000 §4.1's room detail). The
+ * room id is said once, at the top: every byte of a frame is paid for once per subscriber.
+ */
+export function encodeRoomMessage(roomId: string, m: Message): string {
+  const message = { id: m.id, author_user_id: m.author_user_id, author_agent_id: m.author_agent_id, body: m.body, created_at: m.created_at };
   return JSON.stringify({ event: "room.message", room_id: roomId, message });
 }
 

@@ -2,11 +2,16 @@
  * SqliteStore: the embedded default store (SPEC "Engines"), a `bun:sqlite` file in DATA_DIR in WAL
  * mode. Single machine only: one process should own the file (a second process can share it, and
  * SQLite serialises the writers, but the realtime fan-out between them needs NATS).
+ *
+ * Writes go to a writer thread (`sqlite-writer.worker.ts`) with its own connection, so a commit and
+ * its fsync never block the event loop; reads use this thread's connection (WAL readers do not
+ * wait for the writer). A `:memory:` database cannot be shared between threads and writes inline.
  */
 import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
+import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";
 import type { FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, Store } from "./store.ts";
 
 interface RoomRow extends Omit<Room, "is_default"> {
@@ -29,16 +34,16 @@ export class SqliteStore implements Store {
   readonly engine = "sqlite" as const;
   private readonly db: Database;
   private readonly migrations: Migration[];
+  private readonly writer: WriterThread | SqliteWrites;
   private closed = false;
 
   constructor(opts: SqliteStoreOptions) {
+    const synchronous = opts.synchronous ?? "FULL";
     if (opts.file !== ":memory:") mkdirSync(path.dirname(opts.file), { recursive: true });
     this.db = new Database(opts.file, { create: true, strict: true });
-    this.db.exec("PRAGMA journal_mode = WAL");
-    this.db.exec(`PRAGMA synchronous = ${opts.synchronous ?? "FULL"}`);
-    this.db.exec("PRAGMA foreign_keys = ON");
-    this.db.exec("PRAGMA busy_timeout = 5000");
+    configureConnection(this.db, synchronous);
     this.migrations = opts.migrations ?? SQLITE_MIGRATIONS;
+    this.writer = opts.file === ":memory:" ? sqliteWrites(this.db) : new WriterThread(opts.file, synchronous);
   }
 
   async migrate(): Promise<string[]> {
@@ -91,27 +96,11 @@ export class SqliteStore implements Store {
   }
 
   async createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
-    return this.db.transaction(() => {
-      const res = this.db
-        .query(
-          `insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias)
-           values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
-        )
-        .run(room.id, room.slug, room.name, room.description, room.is_default ? 1 : 0, room.created_at, room.created_by, room.matrix_room_id, room.matrix_room_alias);
-      if (res.changes === 0) return false;
-      for (const m of seed.messages) this.insertMessage(m);
-      for (const e of seed.events) this.insertEvent(e);
-      return true;
-    })();
+    return this.writer.createRoom(room, seed);
   }
 
   async appendMessages(batch: MessageWrite[]): Promise<void> {
-    this.db.transaction(() => {
-      for (const { message, event } of batch) {
-        this.insertMessage(message);
-        this.insertEvent(event);
-      }
-    })();
+    await this.writer.appendMessages(batch);
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
@@ -143,19 +132,69 @@ export class SqliteStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.writer instanceof WriterThread) await this.writer.close();
     this.db.close();
   }
+}
 
-  private insertMessage(m: Message): void {
-    this.db
-      .query("insert into city_room_messages (id, room_id, author_user_id, author_agent_id, body, created_at) values (?, ?, ?, ?, ?, ?)")
-      .run(m.id, m.room_id, m.author_user_id, m.author_agent_id, m.body, m.created_at);
+/**
+ * Where the writer thread's code is. From source it sits next to this file; in the compiled
+ * executable it is a second entry point of `bun run build`, stored under its path relative to
+ * `src/` (the common root of the entry points), and every bundled module's `import.meta.url` is
+ * the executable's. `test/e2e/binary.test.ts` catches a mismatch.
+ */
+const WORKER_SPECIFIER = import.meta.url.includes("/$bunfs/")
+  ? "./storage/sqlite-writer.worker.ts"
+  : new URL("./sqlite-writer.worker.ts", import.meta.url).href;
+
+/** The main thread's handle on the writer thread: one request, one reply, in order. */
+class WriterThread {
+  private readonly worker: Worker;
+  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
+  private nextId = 1;
+  private dead: Error | null = null;
+
+  constructor(file: string, synchronous: "FULL" | "NORMAL") {
+    this.worker = new Worker(WORKER_SPECIFIER);
+    this.worker.onmessage = (e: MessageEvent) => {
+      const r = e.data as { id: number; ok: boolean; result?: unknown; error?: string };
+      const p = this.pending.get(r.id);
+      if (!p) return;
+      this.pending.delete(r.id);
+      if (r.ok) p.resolve(r.result);
+      else p.reject(new Error(`sqlite: ${r.error}`));
+    };
+    this.worker.onerror = (e) => this.fail(new Error(`sqlite writer thread failed: ${e.message}`));
+    this.worker.postMessage({ op: "open", file, synchronous });
   }
 
-  private insertEvent(e: FeedEvent): void {
-    this.db
-      .query("insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at) values (?, ?, ?, ?, ?, ?, ?)")
-      .run(e.id, e.kind, e.room_id, e.user_id, e.agent_id, JSON.stringify(e.payload), e.created_at);
+  appendMessages(batch: MessageWrite[]): Promise<void> {
+    return this.call({ op: "append", batch }) as Promise<void>;
+  }
+
+  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
+    return this.call({ op: "createRoom", room, seed }) as Promise<boolean>;
+  }
+
+  async close(): Promise<void> {
+    if (!this.dead) await this.call({ op: "close" }).catch(() => {});
+    this.worker.terminate();
+    this.fail(new Error("sqlite: store closed"));
+  }
+
+  private call(msg: Record<string, unknown>): Promise<unknown> {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...msg, id });
+    });
+  }
+
+  private fail(err: Error): void {
+    this.dead = err;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
   }
 }
 

@@ -57,13 +57,14 @@ for (const variant of variants) {
       const got = await b.next((f) => f.event === "room.message");
       expect(Object.keys(got).sort()).toEqual(["event", "message", "room_id"]);
       expect(got.room_id).toBe(GENERAL);
-      expect(got.message).toMatchObject({ room_id: GENERAL, author_user_id: "u_alice", author_agent_id: null, body: "Привіт місто!" });
+      expect(Object.keys(got.message)).toEqual(["id", "author_user_id", "author_agent_id", "body", "created_at"]);
+      expect(got.message).toMatchObject({ author_user_id: "u_alice", author_agent_id: null, body: "Привіт місто!" });
       expect(got.message.id).toMatch(/^m_city_[0-9A-HJKMNP-TV-Z]{26}$/);
       // the sender's acknowledgement is the same publication; anonymous readers get it too
       expect((await a.next((f) => f.event === "room.message")).message.id).toBe(got.message.id);
       expect((await anon.next((f) => f.event === "room.message")).message.id).toBe(got.message.id);
       const detail = (await (await city.http(`/city/rooms/${GENERAL}`)).json()) as any;
-      expect(detail.messages.at(-1)).toEqual(got.message);
+      expect(detail.messages.at(-1)).toEqual({ ...got.message, room_id: GENERAL });
       const feed = (await (await city.http(`/city/feed?limit=1`)).json()) as any[];
       expect(feed[0]).toMatchObject({ kind: "room_message", room_id: GENERAL, user_id: "u_alice", payload: { body: "Привіт місто!", message_id: got.message.id } });
     });
@@ -74,7 +75,7 @@ for (const variant of variants) {
       expect(res.status).toBe(201);
       const m = (await res.json()) as any;
       const got = await s.next((f) => f.event === "room.message" && f.message.id === m.id);
-      expect(got.message).toEqual(m);
+      expect({ ...got.message, room_id: got.room_id }).toEqual(m);
     });
 
     test("per room, every socket sees messages in id order", async () => {
@@ -241,3 +242,35 @@ for (const variant of variants) {
     });
   });
 }
+
+describe("membership announcements in large rooms", () => {
+  test("above ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online, socket joins and leaves are not broadcast", async () => {
+    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2" });
+    const opened: TestSocket[] = [];
+    try {
+      const room = "room_city_general";
+      const watcher = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}`));
+      opened.push(watcher);
+      const join = async (user: string) => {
+        const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}?token=${await city.token(user)}`));
+        opened.push(s);
+        return s;
+      };
+      await join("u_a");
+      await join("u_b");
+      const c = await join("u_c");
+      await Bun.sleep(50);
+      expect(watcher.frames.filter((f) => f.event === "room.join").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
+      expect(((await (await city.http(`/city/rooms/${room}`)).json()) as any).members_online).toBe(3);
+      c.close();
+      await c.waitClosed();
+      await Bun.sleep(50);
+      expect(watcher.frames.filter((f) => f.event === "room.leave")).toEqual([]);
+      opened[2]!.close(); // u_b leaves a room of two: announced again
+      expect(await watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_b" });
+    } finally {
+      for (const s of opened) s.close();
+      await city.dispose();
+    }
+  });
+});

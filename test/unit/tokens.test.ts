@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { exportSPKI, generateKeyPair, SignJWT } from "jose";
 import { resolveSecret, signToken, TokenVerifier } from "../../src/auth/tokens.ts";
+import { ManualClock } from "../../src/clock.ts";
 
 const SECRET = "k".repeat(40);
 
@@ -66,5 +67,18 @@ describe("tokens", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe("token cache", () => {
+  test("a cached token still expires at its exp (plus the 5 s tolerance)", async () => {
+    const clock = new ManualClock(Date.now());
+    const v = await TokenVerifier.create({ secret: SECRET, clock });
+    const t = await signToken(SECRET, "u_short", 10);
+    expect(await v.verify(t)).toEqual({ userId: "u_short" });
+    clock.advance(9_000);
+    expect(await v.verify(t)).toEqual({ userId: "u_short" }); // from the cache
+    clock.advance(7_000);
+    await expect(v.verify(t)).rejects.toThrow("token expired");
   });
 });

@@ -65,6 +65,21 @@ describe("MessageWriter", () => {
     await expect(w.write(draft("room_city_b", "late"))).rejects.toMatchObject({ code: "shutting_down" });
   });
 
+  test("a batch counts as unpublished from its first id until its publication is done", async () => {
+    const seen: (string | undefined)[] = [];
+    let w: MessageWriter;
+    w = new MessageWriter({
+      store, ids: new IdGenerator(), clock: systemClock, log: silentLogger,
+      onCommitted: (b) => seen.push(w.unpublishedFrom("room_city_b") === b[0]!.message.id ? "in flight" : "not marked"),
+    });
+    expect(w.unpublishedFrom("room_city_b")).toBeUndefined();
+    const pending = w.write(draft("room_city_b", "x"));
+    expect(w.unpublishedFrom("room_city_b")).toMatch(/^m_city_/);
+    await pending;
+    expect(seen).toEqual(["in flight"]);
+    expect(w.unpublishedFrom("room_city_b")).toBeUndefined();
+  });
+
   test("the feed snippet is the body, cut to 140 characters with an ellipsis", () => {
     const m = { id: "m", room_id: "r", author_user_id: null, author_agent_id: null, body: "ї".repeat(200), created_at: "" };
     const p = feedPayload(m);

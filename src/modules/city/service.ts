@@ -174,12 +174,18 @@ export class CityService {
 
   /**
    * Messages after `since` for a reconnecting socket: the newest `max`, and whether more were missed.
+   * Messages this instance has committed but not yet published are left out: they reach the socket
+   * live once it subscribes, so it gets them exactly once. Call the hub's recovery with this as the
+   * loader, so nothing runs between this read and the subscription.
    * @throws AppError `invalid_cursor`
    */
   async missedMessages(roomId: string, since: string, max: number): Promise<{ messages: Message[]; truncated: boolean }> {
     if (!isId("message", since)) throw new AppError("invalid_cursor", "since must be a message id (m_city_<ULID>)");
     const found = await this.o.store.listMessages(roomId, { after: since, limit: max + 1 });
-    return found.length > max ? { messages: found.slice(1), truncated: true } : { messages: found, truncated: false };
+    const cut = this.writer.unpublishedFrom(roomId);
+    const published = cut === undefined ? found : found.filter((m) => m.id < cut);
+    const truncated = found.length > max;
+    return { messages: truncated ? published.slice(-max) : published, truncated };
   }
 
   /**

@@ -4,7 +4,9 @@
  * - Anyone may connect and read; `room.message.send` needs a token (`?token=` or `Authorization`).
  * - On open the socket is in the room: subscribed to its topic and, with a token, counted in
  *   `members_online`; a user's first socket in a room announces `room.join`, their last one
- *   leaving announces `room.leave`. `room.leave` / `room.join` frames step out and back in.
+ *   leaving announces `room.leave` (only while the room has at most
+ *   ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online: above that every join would go to everyone).
+ *   `room.leave` / `room.join` frames step out and back in.
  * - `?since=<message id>` first replays what was missed, in order, then goes live (recovery).
  * - A message is acknowledged by its `room.message` echo, sent only after it is durable.
  * - Every bad frame gets an `error` frame; the socket stays open except for an oversize frame.
@@ -37,6 +39,8 @@ export interface RoomSocketOptions {
   log: Logger;
   maxFrameBytes: number;
   recoveryMax: number;
+  /** Announce socket joins/leaves only while the room has at most this many users online. */
+  membershipEventsMaxMembers: number;
 }
 
 const PATH = /^\/ws\/city\/rooms\/([^/]+)\/?$/;
@@ -60,7 +64,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
   const enter = (ws: RoomSocket, since: string | null) => {
     const d = ws.data;
     d.joined = true;
-    if (d.userId && o.occupancy.add(d.roomId, d.userId)) {
+    if (d.userId && o.occupancy.add(d.roomId, d.userId) && o.occupancy.count(d.roomId) <= o.membershipEventsMaxMembers) {
       o.hub.publish(roomTopic(d.roomId), { cursor: null, frame: encodeRoomMembership("room.join", d.roomId, d.userId) });
     }
     const topic = roomTopic(d.roomId);
@@ -94,7 +98,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     if (!d.joined) return;
     d.joined = false;
     if (!closed) ws.unsubscribe(roomTopic(d.roomId));
-    if (d.userId && o.occupancy.remove(d.roomId, d.userId)) {
+    if (d.userId && o.occupancy.remove(d.roomId, d.userId) && o.occupancy.count(d.roomId) < o.membershipEventsMaxMembers) {
       o.hub.publish(roomTopic(d.roomId), { cursor: null, frame: encodeRoomMembership("room.leave", d.roomId, d.userId) });
     }
   };

@@ -48,6 +48,8 @@ export function feedPayload(message: Message): Record<string, unknown> {
 export class MessageWriter {
   private readonly queues = new Map<string, Pending[]>();
   private readonly busy = new Set<string>();
+  /** Per room, the first id of the batch being committed: committed rows may be visible before they are published. */
+  private readonly inFlight = new Map<string, string>();
   private readonly idle: (() => void)[] = [];
   private closed = false;
 
@@ -69,6 +71,14 @@ export class MessageWriter {
     });
   }
 
+  /**
+   * The lowest id of `roomId`'s batch that is being committed and not yet published, if any.
+   * A reader of the store that must not see a message before its publication (recovery) stops below it.
+   */
+  unpublishedFrom(roomId: string): string | undefined {
+    return this.inFlight.get(roomId);
+  }
+
   /** Refuses new writes and resolves once every queued write has been committed or failed. */
   async drain(): Promise<void> {
     this.closed = true;
@@ -85,9 +95,11 @@ export class MessageWriter {
         if (!q || q.length === 0) break;
         const taken = q.splice(0, max);
         const batch = taken.map((p) => this.materialise(p.draft));
+        this.inFlight.set(roomId, batch[0]!.message.id);
         try {
           await this.opts.store.appendMessages(batch);
         } catch (err) {
+          this.inFlight.delete(roomId);
           this.opts.log.error("city: message commit failed", { room_id: roomId, messages: batch.length, err });
           const e = new AppError("store_unavailable", "the message store is unavailable; nothing was saved", 1);
           for (const p of taken) p.reject(e);
@@ -97,6 +109,8 @@ export class MessageWriter {
           this.opts.onCommitted(batch);
         } catch (err) {
           this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
+        } finally {
+          this.inFlight.delete(roomId);
         }
         for (let i = 0; i < taken.length; i++) taken[i]!.resolve(batch[i]!.message);
       }

@@ -1,0 +1,51 @@
+/**
+ * Writes the results table of a full run into bench/README.md between the results markers.
+ */
+import { readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import type { Summary } from "./run.ts";
+
+const README = path.join(import.meta.dir, "README.md");
+const START = "<!-- results:start -->";
+const END = "<!-- results:end -->";
+
+const fmt = (x: number | null | undefined, suffix = "") => (x === null || x === undefined ? "–" : `${x.toLocaleString("en-US")}${suffix}`);
+
+export function renderTable(meta: any, summaries: Summary[]): string {
+  const lines: string[] = [];
+  lines.push(`Run ${meta.date} · \`${meta.command}\` · ${meta.duration_s} s`);
+  lines.push(`Machine: ${meta.machine.cpus} × ${meta.machine.cpu_model}, ${meta.machine.memory_gib} GiB, Linux ${meta.machine.kernel}, Bun ${meta.machine.bun}, Node ${meta.machine.node}. Clients and server share the cores.`);
+  lines.push("");
+  lines.push("| scenario | server | deliveries/s | × raw | p50 ms | p99 ms | p99 × raw | max ms | lost | server CPU s | peak RSS MiB |");
+  lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  const fanout = summaries.filter((s) => s.rss_per_socket_kb === undefined);
+  for (const s of fanout) {
+    lines.push(
+      `| ${s.title} | ${s.server} | ${fmt(s.deliveries_per_s)} | ${fmt(s.ratio_to_raw.deliveries_per_s)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.ratio_to_raw.p99_ms)} | ${fmt(s.max_ms)} | ${s.lost} | ${fmt(s.server_cpu_s)} | ${fmt(s.peak_rss_mb)} |`,
+    );
+  }
+  const conn = summaries.filter((s) => s.rss_per_socket_kb !== undefined);
+  if (conn.length) {
+    lines.push("");
+    lines.push("| scenario | server | RSS per socket KiB | × raw | connections/s | × raw | peak RSS MiB | failed |");
+    lines.push("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (const s of conn) {
+      lines.push(`| ${s.title} | ${s.server} | ${fmt(s.rss_per_socket_kb)} | ${fmt(s.ratio_to_raw.rss_per_socket_kb)} | ${fmt(s.connections_per_s)} | ${fmt(s.ratio_to_raw.connections_per_s)} | ${fmt(s.peak_rss_mb)} | ${s.errors} |`);
+    }
+  }
+  return lines.join("\n");
+}
+
+export function renderReadme(meta: any, summaries: Summary[]): void {
+  const text = readFileSync(README, "utf8");
+  const a = text.indexOf(START);
+  const b = text.indexOf(END);
+  if (a < 0 || b < 0) throw new Error("bench/README.md lacks the results markers");
+  writeFileSync(README, text.slice(0, a + START.length) + "\n" + renderTable(meta, summaries) + "\n" + text.slice(b));
+}
+
+if (import.meta.main) {
+  const file = process.argv[2] ?? path.join(import.meta.dir, "results/latest-full.json");
+  const { meta, summaries } = JSON.parse(readFileSync(file, "utf8"));
+  renderReadme(meta, summaries);
+}

@@ -1,0 +1,349 @@
+/**
+ * Fan-out benchmark: every scenario on every server in one invocation, interleaved (A B C D, then
+ * D C B A) to cancel drift, with one load client for all (bench/load/client.ts).
+ *
+ *   bun run bench           full run (under 10 minutes); results in bench/results/, table in bench/README.md
+ *   bun run bench:quick     under 60 s; one JSON line per scenario and server, ratio to raw Bun included
+ *
+ * Options: --quick, --only=<scenario,…>, --servers=<name,…>, --reps=N, --no-readme
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { signToken } from "../src/auth/tokens.ts";
+import { encodeRoomMessage } from "../src/engine/protocol.ts";
+import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
+import type { Command, Report, ServerKind, SocketPlan } from "./load/client.ts";
+import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
+import { renderReadme } from "./render.ts";
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+export interface Scenario {
+  id: string;
+  title: string;
+  mode: "fanout" | "saturation" | "idle" | "connect";
+  rooms: number;
+  /** Receiving sockets per room (publishers are extra sockets). */
+  receivers: number;
+  publishersPerRoom: number;
+  /** Open loop: messages per second per publisher. */
+  rate?: number;
+  /** Closed loop: messages in flight per publisher. */
+  window?: number;
+  durationMs: number;
+}
+
+const FULL: Scenario[] = [
+  { id: "room1k-100", title: "1 room × 1,000 sockets, 100 msg/s", mode: "fanout", rooms: 1, receivers: 1000, publishersPerRoom: 1, rate: 100, durationMs: 4000 },
+  { id: "room1k-300", title: "1 room × 1,000 sockets, 300 msg/s", mode: "fanout", rooms: 1, receivers: 1000, publishersPerRoom: 1, rate: 300, durationMs: 4000 },
+  { id: "room1k-1000", title: "1 room × 1,000 sockets, 1,000 msg/s", mode: "fanout", rooms: 1, receivers: 1000, publishersPerRoom: 1, rate: 1000, durationMs: 4000 },
+  { id: "room1k-saturation", title: "1 room × 1,000 sockets, saturation (4 publishers × 16 in flight)", mode: "saturation", rooms: 1, receivers: 1000, publishersPerRoom: 4, window: 16, durationMs: 4000 },
+  { id: "room10k-10", title: "1 room × 10,000 sockets, 10 msg/s", mode: "fanout", rooms: 1, receivers: 10_000, publishersPerRoom: 1, rate: 10, durationMs: 4000 },
+  { id: "rooms100x100", title: "100 rooms × 100 sockets, 100 publishers × 5 msg/s", mode: "fanout", rooms: 100, receivers: 100, publishersPerRoom: 1, rate: 5, durationMs: 4000 },
+  { id: "idle10k", title: "idle memory: 10,000 authenticated sockets", mode: "idle", rooms: 1, receivers: 10_000, publishersPerRoom: 0, durationMs: 2000 },
+  { id: "connect3k", title: "connection rate: 3,000 sockets, 64 at a time", mode: "connect", rooms: 1, receivers: 3000, publishersPerRoom: 0, durationMs: 0 },
+];
+
+const QUICK: Scenario[] = [
+  { id: "room1k-300", title: "1 room × 1,000 sockets, 300 msg/s", mode: "fanout", rooms: 1, receivers: 1000, publishersPerRoom: 1, rate: 300, durationMs: 1500 },
+  { id: "room1k-saturation", title: "1 room × 1,000 sockets, saturation (4 publishers × 16 in flight)", mode: "saturation", rooms: 1, receivers: 1000, publishersPerRoom: 4, window: 16, durationMs: 1500 },
+  { id: "idle2k", title: "idle memory: 2,000 authenticated sockets", mode: "idle", rooms: 1, receivers: 2000, publishersPerRoom: 0, durationMs: 1000 },
+];
+
+// ---- client processes ------------------------------------------------------------------------
+
+class ClientProc {
+  private readonly waiting: ((m: any) => void)[] = [];
+  private readonly proc;
+  private constructor(id: number, ready: (p: ClientProc) => void) {
+    this.proc = Bun.spawn(["bun", path.join(ROOT, "bench/load/client.ts")], {
+      env: { ...process.env, BENCH_CLIENT_ID: String(id) },
+      stdout: "inherit",
+      stderr: "inherit",
+      serialization: "json",
+      ipc: (m: any) => {
+        if (m.op === "hello") return ready(this);
+        this.waiting.shift()?.(m);
+      },
+    });
+  }
+  static start(id: number): Promise<ClientProc> {
+    return new Promise((resolve) => new ClientProc(id, resolve));
+  }
+  call<T = any>(cmd: Command): Promise<T> {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.proc.send(cmd);
+    });
+  }
+  async close(): Promise<void> {
+    this.proc.send({ op: "close" } satisfies Command);
+    const t = setTimeout(() => this.proc.kill("SIGKILL"), 3000);
+    await this.proc.exited;
+    clearTimeout(t);
+  }
+}
+
+// ---- one measurement -------------------------------------------------------------------------
+
+export interface RunResult {
+  scenario: string;
+  server: ServerName;
+  rep: number;
+  sockets: number;
+  sent: number;
+  expected: number;
+  received: number;
+  lost: number;
+  errors: number;
+  deliveries_per_s: number;
+  p50_ms: number | null;
+  p99_ms: number | null;
+  max_ms: number | null;
+  server_cpu_s: number;
+  peak_rss_mb: number;
+  rss_per_socket_kb?: number;
+  connections_per_s?: number;
+  open_failed: number;
+}
+
+/** What the project's `room.message` frame adds to a bench body (the peers' frames are padded to match). */
+const DELIVERED_OVERHEAD = (() => {
+  const body = "bench:100000:1000:1795312345678901";
+  const frame = encodeRoomMessage("room_city_general", {
+    id: "m_city_01M804F33V2FA7KW6EZN00WZMW", room_id: "room_city_general", author_user_id: "u_bench_1000", author_agent_id: null, body, created_at: new Date().toISOString(),
+  });
+  return frame.length - body.length;
+})();
+
+const tokens: string[] = [];
+async function tokenFor(i: number): Promise<string> {
+  while (tokens.length <= i) tokens.push(await signToken(BENCH_SECRET, `u_bench_${tokens.length}`, 24 * 3600));
+  return tokens[i]!;
+}
+
+async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise<RunResult> {
+  const roomIds = Array.from({ length: s.rooms }, (_, i) => (s.rooms === 1 ? "room_city_general" : `room_city_b${i}`));
+  if (server.kind === "project" && s.rooms > 1) await createRooms(server, roomIds);
+  const total = s.rooms * s.receivers;
+  const recvProcs = Math.max(s.mode === "connect" ? 2 : 1, Math.ceil(total / 5000));
+  const clients: ClientProc[] = [];
+  for (let i = 0; i < recvProcs + (s.publishersPerRoom > 0 ? 1 : 0); i++) clients.push(await ClientProc.start(i + 1));
+  const recvClients = clients.slice(0, recvProcs);
+  const pubClient = s.publishersPerRoom > 0 ? clients[recvProcs]! : null;
+  const baseWs = server.url.replace("http", "ws");
+  const needsToken = server.kind === "project";
+
+  const plans: SocketPlan[][] = recvClients.map(() => []);
+  let n = 0;
+  for (const room of roomIds) {
+    for (let r = 0; r < s.receivers; r++) {
+      plans[n % recvProcs]!.push({ room, role: "recv", token: needsToken ? await tokenFor(n % 1000) : undefined });
+      n++;
+    }
+  }
+  const pubPlans: SocketPlan[] = [];
+  for (const room of roomIds) for (let p = 0; p < s.publishersPerRoom; p++) pubPlans.push({ room, role: "pub", token: needsToken ? await tokenFor(1000 + pubPlans.length) : undefined });
+
+  const rssBefore = rssBytes(server.pid);
+  const sampler = rssSampler(server.pid);
+  const cpu0 = cpuSeconds(server.pid);
+  const concurrency = s.mode === "connect" ? 32 : 200;
+  const opened = await Promise.all(recvClients.map((c, i) => c.call<{ ok: number; failed: number; ms: number }>({ op: "open", kind: server.kind, baseWs, sockets: plans[i]!, concurrency, deliveredOverhead: DELIVERED_OVERHEAD })));
+  const connectMs = Math.max(...opened.map((o) => o.ms));
+  let openFailed = opened.reduce((a, o) => a + o.failed, 0);
+  if (pubClient) openFailed += (await pubClient.call({ op: "open", kind: server.kind, baseWs, sockets: pubPlans, concurrency: 50, deliveredOverhead: DELIVERED_OVERHEAD })).failed;
+
+  const result: RunResult = {
+    scenario: s.id, server: server.name, rep, sockets: total + pubPlans.length, sent: 0, expected: 0, received: 0, lost: 0, errors: 0,
+    deliveries_per_s: 0, p50_ms: null, p99_ms: null, max_ms: null, server_cpu_s: 0, peak_rss_mb: 0, open_failed: openFailed,
+  };
+
+  if (s.mode === "idle" || s.mode === "connect") {
+    await Bun.sleep(s.durationMs);
+    const rssAfter = rssBytes(server.pid);
+    result.rss_per_socket_kb = round(((rssAfter - rssBefore) / total) / 1024, 2);
+    result.connections_per_s = Math.round(total / (connectMs / 1000));
+  } else {
+    await Bun.sleep(500); // let joins settle (Socket.IO joins after connect)
+    await Promise.all(clients.map((c) => c.call({ op: "reset" })));
+    const cpuStart = cpuSeconds(server.pid);
+    const t0 = performance.now();
+    const pub = await pubClient!.call<{ sent: Record<string, number> }>({ op: "publish", durationMs: s.durationMs, ratePerPublisher: s.rate, window: s.window });
+    const expected = Object.values(pub.sent).reduce((a, b) => a + b, 0) * s.receivers;
+    // drain: until everything expected arrived or nothing more arrives for 500 ms (max 5 s)
+    let last = -1;
+    let stableSince = performance.now();
+    const drainEnd = performance.now() + 5000;
+    for (;;) {
+      const counts = await Promise.all(recvClients.map((c) => c.call<{ received: number }>({ op: "count" })));
+      const got = counts.reduce((a, c) => a + c.received, 0);
+      if (got >= expected || performance.now() > drainEnd) break;
+      if (got !== last) {
+        last = got;
+        stableSince = performance.now();
+      } else if (performance.now() - stableSince > 500) break;
+      await Bun.sleep(50);
+    }
+    const elapsed = (performance.now() - t0) / 1000;
+    result.server_cpu_s = round(cpuSeconds(server.pid) - cpuStart, 2);
+    const reports = await Promise.all(recvClients.map((c) => c.call<Report>({ op: "report" })));
+    const pubReport = await pubClient!.call<Report>({ op: "report" });
+    let hist: HistogramData | null = null;
+    for (const r of reports) hist = merge(hist, r.hist);
+    result.sent = Object.values(pub.sent).reduce((a, b) => a + b, 0);
+    result.expected = expected;
+    result.received = reports.reduce((a, r) => a + Object.values(r.received).reduce((x, y) => x + y, 0), 0);
+    result.lost = Math.max(0, expected - result.received);
+    result.errors = pubReport.errors + reports.reduce((a, r) => a + r.errors, 0);
+    result.deliveries_per_s = Math.round(result.received / (s.mode === "saturation" ? s.durationMs / 1000 : elapsed));
+    result.p50_ms = hist && quantileMs(hist, 0.5);
+    result.p99_ms = hist && quantileMs(hist, 0.99);
+    result.max_ms = hist ? round(hist.maxUs / 1000, 2) : null;
+  }
+  result.peak_rss_mb = round(sampler.stop() / 1048576, 1);
+  if (s.mode === "idle" || s.mode === "connect") result.server_cpu_s = round(cpuSeconds(server.pid) - cpu0, 2);
+  await Promise.all(clients.map((c) => c.close()));
+  return result;
+}
+
+async function createRooms(server: RunningServer, ids: string[]): Promise<void> {
+  const token = await tokenFor(0);
+  await Promise.all(
+    ids.map((id) =>
+      fetch(`${server.url}/city/rooms`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: JSON.stringify({ name: id, slug: id.replace("room_city_", "") }),
+      }),
+    ),
+  );
+}
+
+const round = (x: number, d: number) => Math.round(x * 10 ** d) / 10 ** d;
+
+// ---- aggregation -----------------------------------------------------------------------------
+
+export interface Summary {
+  scenario: string;
+  title: string;
+  server: ServerName;
+  reps: number;
+  deliveries_per_s: number;
+  p50_ms: number | null;
+  p99_ms: number | null;
+  max_ms: number | null;
+  lost: number;
+  errors: number;
+  server_cpu_s: number;
+  peak_rss_mb: number;
+  rss_per_socket_kb?: number;
+  connections_per_s?: number;
+  ratio_to_raw: Record<string, number | null>;
+}
+
+function mean(xs: (number | null | undefined)[]): number | null {
+  const v = xs.filter((x): x is number => typeof x === "number");
+  return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
+}
+
+function summarise(s: Scenario, runs: RunResult[]): Summary[] {
+  const byServer = new Map<ServerName, RunResult[]>();
+  for (const r of runs) byServer.set(r.server, [...(byServer.get(r.server) ?? []), r]);
+  const out: Summary[] = [];
+  for (const [server, rs] of byServer) {
+    out.push({
+      scenario: s.id, title: s.title, server, reps: rs.length,
+      deliveries_per_s: Math.round(mean(rs.map((r) => r.deliveries_per_s)) ?? 0),
+      p50_ms: nullableRound(mean(rs.map((r) => r.p50_ms)), 2),
+      p99_ms: nullableRound(mean(rs.map((r) => r.p99_ms)), 2),
+      max_ms: nullableRound(Math.max(...rs.map((r) => r.max_ms ?? 0)), 2),
+      lost: rs.reduce((a, r) => a + r.lost, 0),
+      errors: rs.reduce((a, r) => a + r.errors + r.open_failed, 0),
+      server_cpu_s: round(mean(rs.map((r) => r.server_cpu_s)) ?? 0, 2),
+      peak_rss_mb: round(Math.max(...rs.map((r) => r.peak_rss_mb)), 1),
+      ...(s.mode === "idle" || s.mode === "connect"
+        ? { rss_per_socket_kb: nullableRound(mean(rs.map((r) => r.rss_per_socket_kb)), 2) ?? undefined, connections_per_s: Math.round(mean(rs.map((r) => r.connections_per_s)) ?? 0) }
+        : {}),
+      ratio_to_raw: {},
+    });
+  }
+  const raw = out.find((o) => o.server === "raw-bun");
+  for (const o of out) {
+    const ratio = (a: number | null | undefined, b: number | null | undefined) => (a != null && b != null && b !== 0 ? round(a / b, 2) : null);
+    o.ratio_to_raw =
+      s.mode === "idle" || s.mode === "connect"
+        ? { rss_per_socket_kb: ratio(o.rss_per_socket_kb, raw?.rss_per_socket_kb), connections_per_s: ratio(o.connections_per_s, raw?.connections_per_s) }
+        : { deliveries_per_s: ratio(o.deliveries_per_s, raw?.deliveries_per_s), p50_ms: ratio(o.p50_ms, raw?.p50_ms), p99_ms: ratio(o.p99_ms, raw?.p99_ms), server_cpu_s: ratio(o.server_cpu_s, raw?.server_cpu_s) };
+  }
+  return out;
+}
+
+const nullableRound = (x: number | null, d: number) => (x === null ? null : round(x, d));
+
+// ---- main ------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const args = new Map(process.argv.slice(2).map((a) => [a.replace(/=.*/, ""), a.includes("=") ? a.slice(a.indexOf("=") + 1) : "1"]));
+  const quick = args.has("--quick");
+  let scenarios = quick ? QUICK : FULL;
+  if (args.get("--only")) scenarios = scenarios.filter((s) => args.get("--only")!.split(",").includes(s.id));
+  let servers = availableServers();
+  if (args.get("--servers")) servers = servers.filter((s) => args.get("--servers")!.split(",").includes(s));
+  const reps = Number(args.get("--reps") ?? (quick ? 1 : 2));
+  const started = new Date();
+  const t0 = performance.now();
+
+  if (servers.some((s) => s.startsWith("project"))) {
+    const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
+    if (build.exitCode !== 0) throw new Error("bench: bun run build failed");
+  }
+  if (!process.env.DATABASE_URL) console.error("bench: DATABASE_URL is not set; project-postgres is left out of this run");
+
+  const runs: RunResult[] = [];
+  const summaries: Summary[] = [];
+  for (const s of scenarios) {
+    const scenarioRuns: RunResult[] = [];
+    for (let rep = 0; rep < reps; rep++) {
+      const order = rep % 2 === 0 ? servers : [...servers].reverse();
+      for (const name of order) {
+        const server = await startServer(name);
+        try {
+          const r = await runOnce(s, server, rep);
+          scenarioRuns.push(r);
+          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
+        } finally {
+          await server.stop();
+        }
+      }
+    }
+    runs.push(...scenarioRuns);
+    for (const sum of summarise(s, scenarioRuns)) {
+      summaries.push(sum);
+      console.log(JSON.stringify(sum));
+    }
+  }
+
+  const meta = {
+    date: started.toISOString(),
+    command: `bun run ${quick ? "bench:quick" : "bench"}${process.argv.slice(2).filter((a) => a !== "--quick").map((a) => " " + a).join("")}`,
+    machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? "?", memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), bun: Bun.version, node: nodeVersion() },
+    duration_s: Math.round((performance.now() - t0) / 1000),
+    scenarios: scenarios.map((s) => ({ id: s.id, title: s.title })),
+  };
+  const dir = path.join(ROOT, "bench/results");
+  mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, `${quick ? "quick" : "full"}-${started.toISOString().replace(/[:.]/g, "-")}.json`);
+  writeFileSync(file, JSON.stringify({ meta, summaries, runs }, null, 1));
+  writeFileSync(path.join(dir, `latest-${quick ? "quick" : "full"}.json`), JSON.stringify({ meta, summaries, runs }, null, 1));
+  console.error(`bench: ${runs.length} runs in ${meta.duration_s} s; results in ${path.relative(ROOT, file)}`);
+  if (!quick && !args.has("--no-readme") && !args.get("--only")) renderReadme(meta, summaries);
+}
+
+function nodeVersion(): string {
+  const r = Bun.spawnSync(["node", "--version"], { stdout: "pipe" });
+  return r.stdout.toString().trim();
+}
+
+await main();

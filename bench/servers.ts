@@ -1,0 +1,158 @@
+/**
+ * The servers under test, each started fresh for every measurement: the project's compiled binary
+ * on the embedded default and on PostgreSQL, the raw Bun pub/sub ceiling, and Socket.IO on Node.
+ * Also reads a process's CPU time and RSS from /proc.
+ */
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import postgres from "postgres";
+import type { ServerKind } from "./load/client.ts";
+
+export const ROOT = path.join(import.meta.dir, "..");
+export const BENCH_SECRET = "bench-secret-0123456789-abcdefghijklmnop";
+
+export type ServerName = "raw-bun" | "project-sqlite" | "project-postgres" | "socketio-node";
+
+export interface RunningServer {
+  name: ServerName;
+  kind: ServerKind;
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/** Every server this machine can run: project-postgres needs DATABASE_URL. */
+export function availableServers(): ServerName[] {
+  const all: ServerName[] = ["raw-bun", "project-sqlite", "project-postgres", "socketio-node"];
+  return process.env.DATABASE_URL ? all : all.filter((s) => s !== "project-postgres");
+}
+
+export async function startServer(name: ServerName): Promise<RunningServer> {
+  const env: Record<string, string> = { PATH: process.env.PATH ?? "", PORT: "0", HOME: process.env.HOME ?? "/tmp" };
+  let cmd: string[];
+  let kind: ServerKind;
+  const cleanups: (() => Promise<void> | void)[] = [];
+  switch (name) {
+    case "raw-bun":
+      cmd = ["bun", path.join(ROOT, "bench/peers/bun-raw.ts")];
+      kind = "raw";
+      break;
+    case "socketio-node":
+      cmd = ["node", path.join(ROOT, "bench/peers/socketio.mjs")];
+      kind = "socketio";
+      break;
+    case "project-sqlite":
+    case "project-postgres": {
+      kind = "project";
+      const dir = mkdtempSync(path.join(tmpdir(), "dc-bench-"));
+      cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+      Object.assign(env, {
+        HOST: "127.0.0.1", DATA_DIR: dir, JWT_SECRET: BENCH_SECRET, LOG_LEVEL: "info",
+        CITY_WRITE_RATE_PER_SECOND: "0", CITY_DEFAULT_ROOMS: "general",
+      });
+      // Experiments: BENCH_PROJECT_ENV='{"SQLITE_SYNCHRONOUS":"NORMAL"}' passes extra settings.
+      if (process.env.BENCH_PROJECT_ENV) Object.assign(env, JSON.parse(process.env.BENCH_PROJECT_ENV));
+      if (name === "project-postgres") {
+        const base = process.env.DATABASE_URL!;
+        const db = `dc_bench_${Math.random().toString(36).slice(2, 8)}`;
+        const admin = postgres(base, { max: 1, onnotice: () => {} });
+        await admin.unsafe(`create database ${db}`);
+        await admin.end();
+        const u = new URL(base);
+        u.pathname = `/${db}`;
+        env.DATABASE_URL = u.toString();
+        cleanups.push(async () => {
+          const a = postgres(base, { max: 1, onnotice: () => {} });
+          await a.unsafe(`drop database if exists ${db} with (force)`);
+          await a.end();
+        });
+      }
+      // BENCH_PROFILE=<dir>: run from source under Bun's CPU profiler (markdown profile in <dir> on exit).
+      cmd = process.env.BENCH_PROFILE
+        ? ["bun", "--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
+        : [path.join(ROOT, "dist/daarion-city"), "serve"];
+      break;
+    }
+  }
+  const proc = Bun.spawn(cmd, { env, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  const url = await readListening(proc.stdout, name);
+  return {
+    name,
+    kind,
+    url,
+    pid: proc.pid,
+    stop: async () => {
+      proc.kill("SIGTERM");
+      const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
+      await proc.exited;
+      clearTimeout(timer);
+      for (const c of cleanups) await c();
+    },
+  };
+}
+
+async function readListening(stream: ReadableStream<Uint8Array>, name: string): Promise<string> {
+  const reader = stream.getReader();
+  const dec = new TextDecoder();
+  let buf = "";
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += dec.decode(value);
+    for (const line of buf.split("\n")) {
+      if (!line.includes("listening")) continue;
+      try {
+        const url = JSON.parse(line).url as string;
+        // keep draining stdout so the server never blocks on a full pipe
+        void (async () => {
+          while (!(await reader.read()).done);
+        })();
+        return url;
+      } catch {
+        /* partial line */
+      }
+    }
+  }
+  throw new Error(`${name} did not report listening: ${buf.slice(0, 500)}`);
+}
+
+const TICKS = 100; // USER_HZ on Linux
+
+/** User + system CPU seconds a process has used so far. */
+export function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / TICKS;
+}
+
+/** Resident set size in bytes. */
+export function rssBytes(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** Samples RSS every `ms` until stopped; returns the peak. */
+export function rssSampler(pid: number, ms = 100): { stop(): number } {
+  let peak = rssBytes(pid);
+  const t = setInterval(() => {
+    try {
+      peak = Math.max(peak, rssBytes(pid));
+    } catch {
+      /* exited */
+    }
+  }, ms);
+  return {
+    stop() {
+      clearInterval(t);
+      try {
+        peak = Math.max(peak, rssBytes(pid));
+      } catch {
+        /* exited */
+      }
+      return peak;
+    },
+  };
+}

@@ -1,0 +1,36 @@
+/**
+ * The SQLite writer thread: owns the one write connection of the embedded store, so commits (and
+ * their fsyncs under `synchronous = FULL`) never stall the event loop that fans messages out.
+ * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: "append" | "createRoom", … }`
+ * answered by `{ id, ok: true, result }` or `{ id, ok: false, error }`.
+ */
+import { Database } from "bun:sqlite";
+import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";
+
+declare const self: Worker;
+
+let db: Database | null = null;
+let writes: SqliteWrites | null = null;
+
+self.onmessage = (e: MessageEvent) => {
+  const m = e.data;
+  if (m.op === "open") {
+    db = new Database(m.file, { create: true, strict: true });
+    configureConnection(db, m.synchronous);
+    writes = sqliteWrites(db);
+    return;
+  }
+  if (m.op === "close") {
+    db?.close();
+    db = null;
+    self.postMessage({ id: m.id, ok: true });
+    return;
+  }
+  try {
+    if (!writes) throw new Error("sqlite writer: not open");
+    const result = m.op === "append" ? writes.appendMessages(m.batch) : writes.createRoom(m.room, m.seed);
+    self.postMessage({ id: m.id, ok: true, result });
+  } catch (err) {
+    self.postMessage({ id: m.id, ok: false, error: (err as Error).message });
+  }
+};

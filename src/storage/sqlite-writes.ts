@@ -1,0 +1,50 @@
+/**
+ * The SQLite write statements, shared by the writer thread (`sqlite-writer.worker.ts`) and the
+ * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
+ */
+import type { Database } from "bun:sqlite";
+import type { FeedEvent, Message, MessageWrite, Room } from "./store.ts";
+
+/** Opens the pragmas every connection to the city database uses. */
+export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
+  db.exec("PRAGMA journal_mode = WAL");
+  db.exec(`PRAGMA synchronous = ${synchronous}`);
+  db.exec("PRAGMA foreign_keys = ON");
+  db.exec("PRAGMA busy_timeout = 5000");
+}
+
+export interface SqliteWrites {
+  appendMessages(batch: MessageWrite[]): void;
+  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): boolean;
+}
+
+export function sqliteWrites(db: Database): SqliteWrites {
+  const insertMessage = (m: Message) =>
+    db
+      .query("insert into city_room_messages (id, room_id, author_user_id, author_agent_id, body, created_at) values (?, ?, ?, ?, ?, ?)")
+      .run(m.id, m.room_id, m.author_user_id, m.author_agent_id, m.body, m.created_at);
+  const insertEvent = (e: FeedEvent) =>
+    db
+      .query("insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at) values (?, ?, ?, ?, ?, ?, ?)")
+      .run(e.id, e.kind, e.room_id, e.user_id, e.agent_id, JSON.stringify(e.payload), e.created_at);
+
+  const append = db.transaction((batch: MessageWrite[]) => {
+    for (const { message, event } of batch) {
+      insertMessage(message);
+      insertEvent(event);
+    }
+  });
+  const create = db.transaction((room: Room, seed: { messages: Message[]; events: FeedEvent[] }) => {
+    const res = db
+      .query(
+        `insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
+      )
+      .run(room.id, room.slug, room.name, room.description, room.is_default ? 1 : 0, room.created_at, room.created_by, room.matrix_room_id, room.matrix_room_alias);
+    if (res.changes === 0) return false;
+    for (const m of seed.messages) insertMessage(m);
+    for (const e of seed.events) insertEvent(e);
+    return true;
+  });
+  return { appendMessages: (b) => append(b), createRoom: (r, s) => create(r, s) };
+}
