@@ -101,6 +101,9 @@ export interface RunResult {
   p50_ms: number | null;
   p99_ms: number | null;
   max_ms: number | null;
+  /** Publisher-to-own-echo latency: what the server adds, without the receivers' queueing. */
+  echo_p50_ms?: number | null;
+  echo_p99_ms?: number | null;
   server_cpu_s: number;
   peak_rss_mb: number;
   rss_per_socket_kb?: number;
@@ -109,7 +112,7 @@ export interface RunResult {
 }
 
 /** What the project's `room.message` frame adds to a bench body (the peers' frames are padded to match). */
-const DELIVERED_OVERHEAD = (() => {
+const DELIVERED_OVERHEAD = process.env.BENCH_NO_PAD ? 0 : (() => {
   const body = "bench:100000:1000:1795312345678901";
   const frame = encodeRoomMessage("room_city_general", {
     id: "m_city_01M804F33V2FA7KW6EZN00WZMW", room_id: "room_city_general", author_user_id: "u_bench_1000", author_agent_id: null, body, created_at: new Date().toISOString(),
@@ -174,19 +177,20 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     const expected = Object.values(pub.sent).reduce((a, b) => a + b, 0) * s.receivers;
     // drain: until everything expected arrived or nothing more arrives for 500 ms (max 5 s)
     let last = -1;
-    let stableSince = performance.now();
+    let lastChange = performance.now();
     const drainEnd = performance.now() + 5000;
     for (;;) {
       const counts = await Promise.all(recvClients.map((c) => c.call<{ received: number }>({ op: "count" })));
       const got = counts.reduce((a, c) => a + c.received, 0);
-      if (got >= expected || performance.now() > drainEnd) break;
       if (got !== last) {
         last = got;
-        stableSince = performance.now();
-      } else if (performance.now() - stableSince > 500) break;
+        lastChange = performance.now();
+      }
+      if (got >= expected || performance.now() > drainEnd || performance.now() - lastChange > 500) break;
       await Bun.sleep(50);
     }
-    const elapsed = (performance.now() - t0) / 1000;
+    // from the first publication to the last delivery seen
+    const elapsed = (lastChange - t0) / 1000;
     result.server_cpu_s = round(cpuSeconds(server.pid) - cpuStart, 2);
     const reports = await Promise.all(recvClients.map((c) => c.call<Report>({ op: "report" })));
     const pubReport = await pubClient!.call<Report>({ op: "report" });
@@ -197,7 +201,9 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     result.received = reports.reduce((a, r) => a + Object.values(r.received).reduce((x, y) => x + y, 0), 0);
     result.lost = Math.max(0, expected - result.received);
     result.errors = pubReport.errors + reports.reduce((a, r) => a + r.errors, 0);
-    result.deliveries_per_s = Math.round(result.received / (s.mode === "saturation" ? s.durationMs / 1000 : elapsed));
+    result.deliveries_per_s = Math.round(result.received / elapsed);
+    result.echo_p50_ms = quantileMs(pubReport.echo, 0.5);
+    result.echo_p99_ms = quantileMs(pubReport.echo, 0.99);
     result.p50_ms = hist && quantileMs(hist, 0.5);
     result.p99_ms = hist && quantileMs(hist, 0.99);
     result.max_ms = hist ? round(hist.maxUs / 1000, 2) : null;
@@ -234,6 +240,8 @@ export interface Summary {
   p50_ms: number | null;
   p99_ms: number | null;
   max_ms: number | null;
+  echo_p50_ms: number | null;
+  echo_p99_ms: number | null;
   lost: number;
   errors: number;
   server_cpu_s: number;
@@ -259,6 +267,8 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       p50_ms: nullableRound(mean(rs.map((r) => r.p50_ms)), 2),
       p99_ms: nullableRound(mean(rs.map((r) => r.p99_ms)), 2),
       max_ms: nullableRound(Math.max(...rs.map((r) => r.max_ms ?? 0)), 2),
+      echo_p50_ms: nullableRound(mean(rs.map((r) => r.echo_p50_ms)), 2),
+      echo_p99_ms: nullableRound(mean(rs.map((r) => r.echo_p99_ms)), 2),
       lost: rs.reduce((a, r) => a + r.lost, 0),
       errors: rs.reduce((a, r) => a + r.errors + r.open_failed, 0),
       server_cpu_s: round(mean(rs.map((r) => r.server_cpu_s)) ?? 0, 2),
@@ -275,7 +285,10 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
     o.ratio_to_raw =
       s.mode === "idle" || s.mode === "connect"
         ? { rss_per_socket_kb: ratio(o.rss_per_socket_kb, raw?.rss_per_socket_kb), connections_per_s: ratio(o.connections_per_s, raw?.connections_per_s) }
-        : { deliveries_per_s: ratio(o.deliveries_per_s, raw?.deliveries_per_s), p50_ms: ratio(o.p50_ms, raw?.p50_ms), p99_ms: ratio(o.p99_ms, raw?.p99_ms), server_cpu_s: ratio(o.server_cpu_s, raw?.server_cpu_s) };
+        : {
+            deliveries_per_s: ratio(o.deliveries_per_s, raw?.deliveries_per_s), p50_ms: ratio(o.p50_ms, raw?.p50_ms), p99_ms: ratio(o.p99_ms, raw?.p99_ms),
+            echo_p99_ms: ratio(o.echo_p99_ms, raw?.echo_p99_ms), server_cpu_s: ratio(o.server_cpu_s, raw?.server_cpu_s),
+          };
   }
   return out;
 }
@@ -332,13 +345,18 @@ async function main(): Promise<void> {
     duration_s: Math.round((performance.now() - t0) / 1000),
     scenarios: scenarios.map((s) => ({ id: s.id, title: s.title })),
   };
-  const dir = path.join(ROOT, "bench/results");
+  // Unfiltered runs are the record (full-*.json and latest-*.json are committed); filtered runs
+  // and experiments go to results/scratch/ (ignored by git).
+  const filtered = args.has("--only") || args.has("--servers") || args.has("--reps") || Boolean(process.env.BENCH_PROJECT_ENV || process.env.BENCH_NO_PAD || process.env.BENCH_PROFILE);
+  const dir = path.join(ROOT, "bench/results", filtered ? "scratch" : "");
   mkdirSync(dir, { recursive: true });
-  const file = path.join(dir, `${quick ? "quick" : "full"}-${started.toISOString().replace(/[:.]/g, "-")}.json`);
-  writeFileSync(file, JSON.stringify({ meta, summaries, runs }, null, 1));
-  writeFileSync(path.join(dir, `latest-${quick ? "quick" : "full"}.json`), JSON.stringify({ meta, summaries, runs }, null, 1));
+  const stamp = started.toISOString().replace(/[:.]/g, "-");
+  const file = path.join(dir, `${quick ? "quick" : "full"}-${stamp}.json`);
+  const json = JSON.stringify({ meta, summaries, runs }, null, 1);
+  writeFileSync(file, json);
+  if (!filtered) writeFileSync(path.join(dir, `latest-${quick ? "quick" : "full"}.json`), json);
   console.error(`bench: ${runs.length} runs in ${meta.duration_s} s; results in ${path.relative(ROOT, file)}`);
-  if (!quick && !args.has("--no-readme") && !args.get("--only")) renderReadme(meta, summaries);
+  if (!quick && !filtered && !args.has("--no-readme")) renderReadme(meta, summaries);
 }
 
 function nodeVersion(): string {

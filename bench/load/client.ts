@@ -39,6 +39,8 @@ export type Command =
 export interface Report {
   op: "report";
   hist: ReturnType<Histogram["toData"]>;
+  /** Publishers' latency to their own message's echo: the server's share, without receiver queueing. */
+  echo: ReturnType<Histogram["toData"]>;
   received: Record<string, number>;
   errors: number;
   errorCodes: Record<string, number>;
@@ -62,6 +64,7 @@ interface Conn {
 const proc = Number(process.env.BENCH_CLIENT_ID ?? 0);
 const conns: Conn[] = [];
 const hist = new Histogram();
+const echo = new Histogram();
 let received: Record<string, number> = {};
 let errors = 0;
 let errorCodes: Record<string, number> = {};
@@ -123,6 +126,7 @@ function onData(c: Conn, data: string): void {
     hist.record(now() * 1000 - sentUs);
     received[c.plan.room] = (received[c.plan.room] ?? 0) + 1;
   } else if (pubIdx === c.pubIdx) {
+    echo.record(now() * 1000 - sentUs);
     c.inFlight--;
     if (running && windowSize > 0) send(c);
   }
@@ -226,6 +230,7 @@ process.on("message", async (cmd: Command) => {
       break;
     case "reset":
       hist.reset();
+      echo.reset();
       received = {};
       errors = 0;
       errorCodes = {};
@@ -237,7 +242,7 @@ process.on("message", async (cmd: Command) => {
       break;
     case "report":
       process.send!({
-        op: "report", hist: hist.toData(), received, errors, errorCodes, closes,
+        op: "report", hist: hist.toData(), echo: echo.toData(), received, errors, errorCodes, closes,
         open: conns.filter((c) => c.ws.readyState === WebSocket.OPEN).length,
       } satisfies Report);
       break;
