@@ -97,6 +97,8 @@ export interface RunResult {
   received: number;
   lost: number;
   errors: number;
+  /** Receiving sockets the server closed during the run (the project closes slow consumers with 4008). */
+  closed: number;
   deliveries_per_s: number;
   p50_ms: number | null;
   p99_ms: number | null;
@@ -159,7 +161,7 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
   if (pubClient) openFailed += (await pubClient.call({ op: "open", kind: server.kind, baseWs, sockets: pubPlans, concurrency: 50, deliveredOverhead: DELIVERED_OVERHEAD })).failed;
 
   const result: RunResult = {
-    scenario: s.id, server: server.name, rep, sockets: total + pubPlans.length, sent: 0, expected: 0, received: 0, lost: 0, errors: 0,
+    scenario: s.id, server: server.name, rep, sockets: total + pubPlans.length, sent: 0, expected: 0, received: 0, lost: 0, errors: 0, closed: 0,
     deliveries_per_s: 0, p50_ms: null, p99_ms: null, max_ms: null, server_cpu_s: 0, peak_rss_mb: 0, open_failed: openFailed,
   };
 
@@ -201,6 +203,7 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     result.received = reports.reduce((a, r) => a + Object.values(r.received).reduce((x, y) => x + y, 0), 0);
     result.lost = Math.max(0, expected - result.received);
     result.errors = pubReport.errors + reports.reduce((a, r) => a + r.errors, 0);
+    result.closed = reports.reduce((a, r) => a + r.closes, 0);
     result.deliveries_per_s = Math.round(result.received / elapsed);
     result.echo_p50_ms = quantileMs(pubReport.echo, 0.5);
     result.echo_p99_ms = quantileMs(pubReport.echo, 0.99);
@@ -244,6 +247,7 @@ export interface Summary {
   echo_p99_ms: number | null;
   lost: number;
   errors: number;
+  closed: number;
   server_cpu_s: number;
   peak_rss_mb: number;
   rss_per_socket_kb?: number;
@@ -271,6 +275,7 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       echo_p99_ms: nullableRound(mean(rs.map((r) => r.echo_p99_ms)), 2),
       lost: rs.reduce((a, r) => a + r.lost, 0),
       errors: rs.reduce((a, r) => a + r.errors + r.open_failed, 0),
+      closed: rs.reduce((a, r) => a + r.closed, 0),
       server_cpu_s: round(mean(rs.map((r) => r.server_cpu_s)) ?? 0, 2),
       peak_rss_mb: round(Math.max(...rs.map((r) => r.peak_rss_mb)), 1),
       ...(s.mode === "idle" || s.mode === "connect"
@@ -325,7 +330,7 @@ async function main(): Promise<void> {
         try {
           const r = await runOnce(s, server, rep);
           scenarioRuns.push(r);
-          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
+          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} closed ${r.closed}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
         } finally {
           await server.stop();
         }
