@@ -14,13 +14,17 @@ import { MemoryBroker } from "./engine/broker/memory.ts";
 import { NatsBroker } from "./engine/broker/nats.ts";
 import { CLOSE } from "./engine/errors.ts";
 import { Hub } from "./engine/hub.ts";
-import { LocalOccupancy } from "./engine/occupancy.ts";
+import { MemoryPresenceBackend } from "./engine/presence/memory.ts";
+import { PresenceManager, type PresenceBackend } from "./engine/presence/presence.ts";
+import { RedisPresenceBackend } from "./engine/presence/redis.ts";
 import { RateLimiter } from "./engine/ratelimit.ts";
 import type { SocketData, SocketRoute } from "./engine/sockets.ts";
 import type { Logger } from "./log.ts";
 import { CityService } from "./modules/city/service.ts";
 import { roomSocketRoute } from "./modules/city/socket.ts";
 import type { ReadinessReport } from "./modules/ops/index.ts";
+import { PresenceService } from "./modules/presence/service.ts";
+import { presenceSocketRoute } from "./modules/presence/socket.ts";
 import { serveCity } from "./server.ts";
 import { PostgresStore } from "./storage/postgres.ts";
 import { SqliteStore } from "./storage/sqlite.ts";
@@ -48,6 +52,7 @@ export interface CityInstance {
   readonly broker: Broker;
   readonly hub: Hub;
   readonly city: CityService;
+  readonly presence: PresenceManager;
   /** Whether the HS256 secret was created in DATA_DIR by this start. */
   readonly secretFile: string | null;
   /**
@@ -62,6 +67,15 @@ export function openStore(config: Config): Store {
   return config.databaseUrl
     ? new PostgresStore({ url: config.databaseUrl, poolMax: config.databasePoolMax })
     : new SqliteStore({ file: path.join(config.dataDir, "city.sqlite"), synchronous: config.sqliteSynchronous });
+}
+
+/** The presence backend the configuration names: Redis with REDIS_URL, else in-process. */
+export function openPresenceBackend(config: Config, log: Logger): PresenceBackend {
+  const ttlMs = config.presenceTtlSeconds * 1000;
+  const typingTtlMs = config.typingTtlSeconds * 1000;
+  return config.redisUrl
+    ? new RedisPresenceBackend({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, ttlMs, typingTtlMs, log })
+    : new MemoryPresenceBackend({ ttlMs, typingTtlMs });
 }
 
 /**
@@ -94,9 +108,20 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     opened.push(() => broker.close());
 
     const hub = new Hub({ broker, log, maxBufferedBytes: config.wsMaxBufferedBytes });
-    const occupancy = new LocalOccupancy();
+    const presence = new PresenceManager({
+      backend: openPresenceBackend(config, log), clock, log, ttlMs: config.presenceTtlSeconds * 1000, typingTtlMs: config.typingTtlSeconds * 1000,
+      flushMs: config.presenceFlushMs, sweepMs: config.presenceSweepMs,
+    });
+    await presence.start();
+    opened.push(() => presence.close());
+    const presenceService = new PresenceService({
+      presence, hub, broker, store, clock, log, throttleMs: config.roomPresenceThrottleMs, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
+    });
+    presenceService.start();
+    opened.push(() => presenceService.close());
     const writeLimiter = new RateLimiter({ ratePerSecond: config.writeRatePerSecond, burst: config.writeBurst, clock });
-    const city = new CityService({ store, hub, broker, occupancy, writeLimiter, clock, log });
+    const occupancy = { count: (roomId: string) => presence.roomCount(roomId) };
+    const city = new CityService({ store, hub, broker, occupancy, writeLimiter, clock, log, onRoomCreated: () => presenceService.roomsChanged() });
     const created = await city.ensureDefaultRooms(config.defaultRooms);
     if (created.length) log.info("city: default rooms created", { slugs: created });
 
@@ -110,16 +135,19 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
         engines.store = { engine: store.engine, state: "down", detail: (err as Error).message };
       }
       engines.broker = { engine: broker.engine, state: broker.state() };
-      const status = shuttingDown || engines.store.state === "down" ? "not_ready" : broker.state() === "up" ? "ready" : "degraded";
+      engines.presence = { engine: presence.engine, state: presence.state() };
+      const degraded = broker.state() !== "up" || presence.state() !== "up";
+      const status = shuttingDown || engines.store.state === "down" ? "not_ready" : degraded ? "degraded" : "ready";
       return { status, engines };
     };
 
     const app = createApp({ city, verifier, readiness, log, version: VERSION });
     const routes = [
       roomSocketRoute({
-        city, hub, occupancy, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
+        city, hub, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
         membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
       }),
+      presenceSocketRoute({ service: presenceService, presence, hub, verifier, log, maxFrameBytes: config.wsMaxFrameBytes }),
     ] as unknown as SocketRoute<SocketData>[];
     const server = serveCity({ config, port: opts.port, app, routes, log, isShuttingDown: () => shuttingDown });
     hub.attach(server as Server<unknown>);
@@ -139,6 +167,8 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       const drained = await withDeadline(stopped, deadline);
       if (!drained) await server.stop(true);
       hub.close();
+      presenceService.close();
+      await presence.close();
       await broker.close();
       await store.close();
       return drained;
@@ -153,6 +183,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       broker,
       hub,
       city,
+      presence,
       secretFile: secret.file,
       stop,
     };

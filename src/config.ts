@@ -33,6 +33,20 @@ export interface Config {
   natsUrl: string | null;
   /** Prepended (with a dot) to every NATS subject this process uses; isolates tests and tenants. */
   natsSubjectPrefix: string;
+  /** Redis URL for presence; `null` selects in-process presence (one instance). */
+  redisUrl: string | null;
+  /** Prepended to every Redis key this process writes (isolates tests and tenants). */
+  redisKeyPrefix: string;
+  /** Presence lifetime after a heartbeat, s (seed 000: 40). */
+  presenceTtlSeconds: number;
+  /** Heartbeats are written in one batch per tick of this length, ms. */
+  presenceFlushMs: number;
+  /** Offline detection and room counts are recomputed this often, ms. */
+  presenceSweepMs: number;
+  /** A room's presence frame goes out at most this often unless its online count changed, ms (seed 003: 3 s). */
+  roomPresenceThrottleMs: number;
+  /** A `room.typing` counts this long without a refresh, s. */
+  typingTtlSeconds: number;
   /** Largest socket frame accepted, bytes; larger ones get `frame_too_large` and close 1009. */
   wsMaxFrameBytes: number;
   /** Send buffer per socket, bytes, above which a socket counts as a slow consumer. */
@@ -174,6 +188,24 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
       return v;
     },
   },
+  {
+    env: "REDIS_URL", key: "redisUrl", type: "redis URL", doc: "Redis for presence shared by every instance. Unset: in-process presence (one instance).",
+    parse: optionalUrl(["redis:", "rediss:"]),
+  },
+  {
+    env: "REDIS_KEY_PREFIX", key: "redisKeyPrefix", type: "string", fallback: "",
+    doc: "Prepended to every Redis key (e.g. `staging:` → `staging:presence:user:u_1`).",
+    parse: (r) => r ?? "",
+  },
+  { env: "PRESENCE_TTL_SECONDS", key: "presenceTtlSeconds", type: "integer 2..3600", fallback: "40", doc: "A user is online this long after a heartbeat (seed 000: 40; clients beat every 20 s).", parse: int(2, 3600) },
+  { env: "PRESENCE_FLUSH_MS", key: "presenceFlushMs", type: "integer 1..1000", fallback: "10", doc: "Heartbeats from all sockets are written in one Redis pipeline per tick of this length.", parse: int(1, 1000) },
+  { env: "PRESENCE_SWEEP_MS", key: "presenceSweepMs", type: "integer 100..10000", fallback: "1000", doc: "How often offline users are detected and room counts recomputed.", parse: int(100, 10_000) },
+  {
+    env: "ROOM_PRESENCE_THROTTLE_MS", key: "roomPresenceThrottleMs", type: "integer 0..60000", fallback: "3000",
+    doc: "A room's `room.presence` frame on the presence socket goes out at most this often, unless its online count changed (seed 003 §5.3).",
+    parse: int(0, 60_000),
+  },
+  { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
   { env: "WS_MAX_FRAME_BYTES", key: "wsMaxFrameBytes", type: "integer 1024..1048576", fallback: "32768", doc: "Largest socket frame accepted; larger frames get `frame_too_large` and close 1009.", parse: int(1024, 1_048_576) },
   {
     env: "WS_MAX_BUFFERED_BYTES", key: "wsMaxBufferedBytes", type: "integer 16384..268435456", fallback: "1048576",

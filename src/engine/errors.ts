@@ -38,6 +38,8 @@ export const ERROR_STATUS = {
   frame_too_large: 413,
   /** A frame naming a room other than the one the socket is connected to. */
   room_mismatch: 400,
+  /** A heartbeat for a user other than the token's subject (ignored). */
+  user_mismatch: 403,
   /** Recovery with `since` missed more than ROOM_RECOVERY_MAX_MESSAGES; page the rest over HTTP. */
   recovery_truncated: 200,
 } as const;

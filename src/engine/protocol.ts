@@ -8,6 +8,10 @@ import type { ErrorCode } from "./errors.ts";
 
 /** Hub topic of a room's socket audience. */
 export const roomTopic = (roomId: string): string => `room.${roomId}`;
+/** Hub topic of the presence sockets (`/ws/city/presence`). */
+export const PRESENCE_TOPIC = "presence";
+/** A room's slug from its id (`room_city_{slug}`, seed 000 §4.1). */
+export const slugOfRoom = (roomId: string): string => roomId.replace(/^room_city_/, "");
 
 // ---- incoming ------------------------------------------------------------------------------
 
@@ -47,6 +51,38 @@ export function encodeRoomMessage(roomId: string, m: Message): string {
 /** `{ "event": "room.join" | "room.leave", "room_id", "user_id" }` (seed 000 §5.1). */
 export function encodeRoomMembership(event: "room.join" | "room.leave", roomId: string, userId: string): string {
   return JSON.stringify({ event, room_id: roomId, user_id: userId });
+}
+
+/** `{ "event": "room.presence", "room_id", "user_id", "status" }` (seed 000 §5.1). */
+export function encodeRoomUserPresence(roomId: string, userId: string, status: "online" | "offline"): string {
+  return JSON.stringify({ event: "room.presence", room_id: roomId, user_id: userId, status });
+}
+
+/** `{ "event": "room.typing", "room_id", "user_id" }` (SPEC "WebSockets"). */
+export function encodeRoomTyping(roomId: string, userId: string): string {
+  return JSON.stringify({ event: "room.typing", room_id: roomId, user_id: userId });
+}
+
+/** `{ "event": "presence.update", "user_id", "status" }` (seed 000 §5.2). */
+export function encodePresenceUpdate(userId: string, status: "online" | "offline"): string {
+  return JSON.stringify({ event: "presence.update", user_id: userId, status });
+}
+
+/** One room's numbers as the presence socket carries them (seed 003 §6.2). */
+export interface RoomPresenceCounts {
+  room_slug: string;
+  online_count: number;
+  typing_count: number;
+}
+
+/** `{ "type": "snapshot", "rooms": [{ room_slug, online_count, typing_count }] }` (seed 003 §6.2). */
+export function encodePresenceSnapshot(rooms: RoomPresenceCounts[]): string {
+  return JSON.stringify({ type: "snapshot", rooms });
+}
+
+/** `{ "type": "room.presence", room_slug, online_count, typing_count }` (seed 003 §6.2). */
+export function encodeRoomPresenceCounts(c: RoomPresenceCounts): string {
+  return JSON.stringify({ type: "room.presence", room_slug: c.room_slug, online_count: c.online_count, typing_count: c.typing_count });
 }
 
 /** `{ "event": "error", "code", "message" }` (SPEC "WebSockets"). */

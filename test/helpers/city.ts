@@ -137,3 +137,29 @@ export async function refusedUpgrade(httpUrl: string, headers: Record<string, st
   });
   return { status: res.status, body: await res.json().catch(() => null) };
 }
+
+/** Polls `fn` until it returns a value `accept`s (default: truthy), or throws after `ms`. */
+export async function waitFor<T>(fn: () => Promise<T> | T, accept: (v: T) => boolean = Boolean, ms = 5000): Promise<T> {
+  const end = Date.now() + ms;
+  let last: T;
+  for (;;) {
+    last = await fn();
+    if (accept(last)) return last;
+    if (Date.now() > end) throw new Error(`waitFor: condition not met within ${ms} ms; last value ${JSON.stringify(last)}`);
+    await Bun.sleep(20);
+  }
+}
+
+/** Opens a presence socket for `userId`, sends one heartbeat and waits for the snapshot. */
+export async function heartbeating(city: TestCity, userId: string): Promise<TestSocket> {
+  const s = await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${await city.token(userId)}`));
+  await s.next((f) => f.type === "snapshot");
+  s.send({ event: "presence.heartbeat", user_id: userId });
+  return s;
+}
+
+/** `members_online` of a room as GET /city/rooms reports it. */
+export async function membersOnline(city: TestCity, roomId: string): Promise<number> {
+  const rooms = (await (await city.http("/city/rooms")).json()) as { id: string; members_online: number }[];
+  return rooms.find((r) => r.id === roomId)!.members_online;
+}

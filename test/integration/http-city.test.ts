@@ -100,7 +100,7 @@ describe("city HTTP API", () => {
     expect((await call("GET", "/healthz")).json).toEqual({ status: "ok" });
     expect((await call("GET", "/readyz")).json).toEqual({
       status: "ready",
-      engines: { store: { engine: "sqlite", state: "up" }, broker: { engine: "memory", state: "up" } },
+      engines: { store: { engine: "sqlite", state: "up" }, broker: { engine: "memory", state: "up" }, presence: { engine: "memory", state: "up" } },
     });
   });
 

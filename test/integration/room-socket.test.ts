@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
-import { refusedUpgrade, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
+import { heartbeating, membersOnline, refusedUpgrade, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const pgBase = engineUrl("DATABASE_URL", "room sockets on postgres");
 const variants: { name: string; env: () => Promise<{ env: Record<string, string>; drop: () => Promise<void> }> }[] = [
@@ -39,7 +39,7 @@ for (const variant of variants) {
     beforeAll(async () => {
       const made = await variant.env();
       drop = made.drop;
-      city = await startTestCity({ ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", ROOM_RECOVERY_MAX_MESSAGES: "50" });
+      city = await startTestCity({ ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", ROOM_RECOVERY_MAX_MESSAGES: "50", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5" });
       alice = await city.token("u_alice");
       bob = await city.token("u_bob");
     });
@@ -98,15 +98,20 @@ for (const variant of variants) {
       );
     });
 
-    test("room.join / room.leave announce a user's first and last socket; members_online counts users", async () => {
+    test("room.join / room.leave announce a user's first and last socket; members_online counts users who hold a socket and heartbeat", async () => {
       const room = "room_city_science";
       const watcher = await open(`/ws/city/rooms/${room}`);
-      const count = async () => ((await (await city.http(`/city/rooms`)).json()) as any[]).find((r) => r.id === room).members_online;
-      expect(await count()).toBe(0);
+      expect(await membersOnline(city, room)).toBe(0);
       const b1 = await open(`/ws/city/rooms/${room}?token=${bob}`);
       expect(await watcher.next((f) => f.event === "room.join")).toEqual({ event: "room.join", room_id: room, user_id: "u_bob" });
+      expect(await watcher.next((f) => f.event === "room.presence")).toEqual({ event: "room.presence", room_id: room, user_id: "u_bob", status: "online" });
       const b2 = await open(`/ws/city/rooms/${room}?token=${bob}`);
-      expect(await count()).toBe(1);
+      // holding a socket is not enough: the user must heartbeat
+      await Bun.sleep(250);
+      expect(await membersOnline(city, room)).toBe(0);
+      const beat = await heartbeating(city, "u_bob");
+      sockets.push(beat);
+      expect(await waitFor(() => membersOnline(city, room), (n) => n === 1)).toBe(1);
       expect(((await (await city.http(`/city/rooms/${room}`)).json()) as any).members_online).toBe(1);
       b1.close();
       await b1.waitClosed();
@@ -114,15 +119,34 @@ for (const variant of variants) {
       expect(watcher.frames.filter((f) => f.event === "room.leave")).toEqual([]);
       b2.send({ event: "room.leave", room_id: room });
       expect(await watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_bob" });
-      expect(await count()).toBe(0);
+      expect(await watcher.next((f) => f.event === "room.presence" && f.status === "offline")).toEqual({ event: "room.presence", room_id: room, user_id: "u_bob", status: "offline" });
+      expect(await waitFor(() => membersOnline(city, room), (n) => n === 0)).toBe(0);
       // out of the room: no live messages; the sender still gets its acknowledgement
       b2.send({ event: "room.message.send", body: "while out" });
       const ack = await b2.next((f) => f.event === "room.message");
       expect(ack.message.body).toBe("while out");
       b2.send({ event: "room.join", room_id: room });
       await watcher.next((f) => f.event === "room.join", 3000, watcher.frames.findIndex((f) => f.event === "room.leave"));
-      expect(await count()).toBe(1);
+      expect(await waitFor(() => membersOnline(city, room), (n) => n === 1)).toBe(1);
       expect(watcher.frames.filter((f) => f.event === "room.join").length).toBe(2);
+    });
+
+    test("room.typing tells the room and counts in typing_count until it lapses", async () => {
+      const room = "room_city_welcome";
+      const watcher = await open(`/ws/city/rooms/${room}`);
+      const presenceWatcher = await heartbeating(city, "u_watcher");
+      sockets.push(presenceWatcher);
+      const typer = await open(`/ws/city/rooms/${room}?token=${alice}`);
+      typer.send({ event: "room.typing", room_id: room });
+      typer.send({ event: "room.typing", room_id: room }); // within 2 s: counted, not announced again
+      expect(await watcher.next((f) => f.event === "room.typing")).toEqual({ event: "room.typing", room_id: room, user_id: "u_alice" });
+      const counts = await presenceWatcher.next((f) => f.type === "room.presence" && f.room_slug === "welcome" && f.typing_count === 1);
+      expect(counts).toEqual({ type: "room.presence", room_slug: "welcome", online_count: 0, typing_count: 1 });
+      await Bun.sleep(100);
+      expect(watcher.frames.filter((f) => f.event === "room.typing").length).toBe(1);
+      const anon = await open(`/ws/city/rooms/${room}`);
+      anon.send({ event: "room.typing", room_id: room });
+      expect((await anon.next((f) => f.event === "error")).code).toBe("unauthorized");
     });
 
     test("HTTP join/leave announce to the room and need a token", async () => {
@@ -245,7 +269,7 @@ for (const variant of variants) {
 
 describe("membership announcements in large rooms", () => {
   test("above ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online, socket joins and leaves are not broadcast", async () => {
-    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2" });
+    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2", PRESENCE_SWEEP_MS: "100" });
     const opened: TestSocket[] = [];
     try {
       const room = "room_city_general";
@@ -261,7 +285,7 @@ describe("membership announcements in large rooms", () => {
       const c = await join("u_c");
       await Bun.sleep(50);
       expect(watcher.frames.filter((f) => f.event === "room.join").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
-      expect(((await (await city.http(`/city/rooms/${room}`)).json()) as any).members_online).toBe(3);
+      expect(watcher.frames.filter((f) => f.event === "room.presence").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
       c.close();
       await c.waitClosed();
       await Bun.sleep(50);

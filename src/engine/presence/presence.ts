@@ -95,6 +95,10 @@ const unkey = (k: string): RoomUser => {
 export class PresenceManager {
   /** Local sockets per (room, user) on this instance. */
   private readonly local = new Map<string, number>();
+  /** user → rooms this instance holds for them. */
+  private readonly localRooms = new Map<string, Set<string>>();
+  /** room → distinct users this instance holds in it. */
+  private readonly localUsers = new Map<string, number>();
   private heartbeats = new Set<string>();
   /** (room, user) → what to write next: the last of hold/release wins. */
   private holdOps = new Map<string, "hold" | "release">();
@@ -127,11 +131,12 @@ export class PresenceManager {
     for (const t of this.timers) t.unref?.();
   }
 
+  /** Stops the timers, writes what is queued (releases of closed sockets, so counts drop now rather than at expiry), disconnects. */
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
-    await this.flushing?.catch(() => {});
     await this.sweeping?.catch(() => {});
+    await this.flush().catch(() => {});
     await this.o.backend.close();
   }
 
@@ -163,7 +168,13 @@ export class PresenceManager {
     const k = key(roomId, userId);
     const n = this.local.get(k) ?? 0;
     this.local.set(k, n + 1);
-    if (n === 0) this.holdOps.set(k, "hold");
+    if (n === 0) {
+      this.holdOps.set(k, "hold");
+      let rooms = this.localRooms.get(userId);
+      if (!rooms) this.localRooms.set(userId, (rooms = new Set()));
+      rooms.add(roomId);
+      this.localUsers.set(roomId, (this.localUsers.get(roomId) ?? 0) + 1);
+    }
     return n === 0;
   }
 
@@ -181,7 +192,23 @@ export class PresenceManager {
     }
     this.local.delete(k);
     this.holdOps.set(k, "release");
+    const rooms = this.localRooms.get(userId);
+    rooms?.delete(roomId);
+    if (rooms?.size === 0) this.localRooms.delete(userId);
+    const users = (this.localUsers.get(roomId) ?? 1) - 1;
+    if (users > 0) this.localUsers.set(roomId, users);
+    else this.localUsers.delete(roomId);
     return true;
+  }
+
+  /** Distinct users with a socket in `roomId` on this instance (immediate; no heartbeat needed). */
+  localUserCount(roomId: string): number {
+    return this.localUsers.get(roomId) ?? 0;
+  }
+
+  /** Rooms where this instance holds a socket of `userId`. */
+  roomsHeldLocally(userId: string): string[] {
+    return [...(this.localRooms.get(userId) ?? [])];
   }
 
   /** Marks `userId` typing in `roomId` for the typing lifetime. */

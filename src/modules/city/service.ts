@@ -21,7 +21,7 @@ export const ROOM_DETAIL_MESSAGES = 50;
 /** NATS subject of the city event for each new message (seed 002/004 listen on `city.event.*`). */
 export const ROOM_MESSAGE_EVENT_SUBJECT = "city.event.room_message";
 
-/** Who is online in a room; the local socket count now, the presence manager later. */
+/** Who is online in a room (the presence manager's counts). */
 export interface RoomOccupancy {
   /** Distinct users counted online in `roomId`. */
   count(roomId: string): number;
@@ -36,6 +36,8 @@ export interface CityServiceOptions {
   clock: Clock;
   log: Logger;
   ids?: IdGenerator;
+  /** Called after this instance created a room (the presence snapshot's room list changes). */
+  onRoomCreated?: () => void;
 }
 
 export interface RoomDetail {
@@ -127,6 +129,7 @@ export class CityService {
       throw new AppError("slug_taken", `a room with slug "${input.slug}" already exists`);
     }
     this.knownRooms.add(room.id);
+    this.o.onRoomCreated?.();
     return room;
   }
 

@@ -1,12 +1,17 @@
 /**
  * Room socket `/ws/city/rooms/{room_id}` (seed 000 §5.1, SPEC "WebSockets").
  *
- * - Anyone may connect and read; `room.message.send` needs a token (`?token=` or `Authorization`).
- * - On open the socket is in the room: subscribed to its topic and, with a token, counted in
- *   `members_online`; a user's first socket in a room announces `room.join`, their last one
- *   leaving announces `room.leave` (only while the room has at most
- *   ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online: above that every join would go to everyone).
- *   `room.leave` / `room.join` frames step out and back in.
+ * - Anyone may connect and read; `room.message.send` and `room.typing` need a token (`?token=`
+ *   or `Authorization`).
+ * - On open the socket is in the room: subscribed to its topic and, with a token, held in the
+ *   room's presence (the user counts in `members_online` while they also heartbeat). A user's
+ *   first socket in a room announces `room.join` and `room.presence` online; their last one
+ *   leaving announces `room.leave` and `room.presence` offline. These per-user events go out only
+ *   while this instance holds at most ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users in the room
+ *   (above that every join would go to everyone). `room.leave` / `room.join` frames step out and
+ *   back in.
+ * - `room.typing` marks the user typing for TYPING_TTL_SECONDS and tells the room (at most once
+ *   per 2 s per socket).
  * - `?since=<message id>` first replays what was missed, in order, then goes live (recovery).
  * - A message is acknowledged by its `room.message` echo, sent only after it is durable.
  * - Every bad frame gets an `error` frame; the socket stays open except for an oversize frame.
@@ -15,8 +20,10 @@ import type { ServerWebSocket } from "bun";
 import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { Hub } from "../../engine/hub.ts";
-import type { LocalOccupancy } from "../../engine/occupancy.ts";
-import { decodeFrame, encodeError, encodeRoomMembership, encodeRoomMessage, roomTopic, type ClientFrame } from "../../engine/protocol.ts";
+import type { PresenceManager } from "../../engine/presence/presence.ts";
+import {
+  decodeFrame, encodeError, encodeRoomMembership, encodeRoomMessage, encodeRoomTyping, encodeRoomUserPresence, roomTopic, type ClientFrame,
+} from "../../engine/protocol.ts";
 import { frameTooLarge, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import { isId, ROOM_ID_RE } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
@@ -29,17 +36,22 @@ export interface RoomSocketData extends SocketData {
   since: string | null;
   /** In the room: subscribed (or recovering) and counted. */
   joined: boolean;
+  /** When this socket last told the room its user is typing (epoch ms). */
+  typingAnnouncedAt: number;
 }
+
+/** A socket tells the room about typing at most this often, ms. */
+const TYPING_ANNOUNCE_MS = 2000;
 
 export interface RoomSocketOptions {
   city: CityService;
   hub: Hub;
-  occupancy: LocalOccupancy;
+  presence: PresenceManager;
   verifier: TokenVerifier;
   log: Logger;
   maxFrameBytes: number;
   recoveryMax: number;
-  /** Announce socket joins/leaves only while the room has at most this many users online. */
+  /** Per-user room events only while this instance holds at most this many users in the room. */
   membershipEventsMaxMembers: number;
 }
 
@@ -60,13 +72,20 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     }
   };
 
+  /** `room.join`/`room.leave` and the matching `room.presence`, unless the room is too large for per-user events. */
+  const announce = (roomId: string, userId: string, event: "room.join" | "room.leave") => {
+    const users = o.presence.localUserCount(roomId);
+    if (event === "room.join" ? users > o.membershipEventsMaxMembers : users >= o.membershipEventsMaxMembers) return;
+    const topic = roomTopic(roomId);
+    o.hub.publish(topic, { cursor: null, frame: encodeRoomMembership(event, roomId, userId) });
+    o.hub.publish(topic, { cursor: null, frame: encodeRoomUserPresence(roomId, userId, event === "room.join" ? "online" : "offline") });
+  };
+
   /** Puts the socket in the room: count, announce, subscribe (after recovery when asked). */
   const enter = (ws: RoomSocket, since: string | null) => {
     const d = ws.data;
     d.joined = true;
-    if (d.userId && o.occupancy.add(d.roomId, d.userId) && o.occupancy.count(d.roomId) <= o.membershipEventsMaxMembers) {
-      o.hub.publish(roomTopic(d.roomId), { cursor: null, frame: encodeRoomMembership("room.join", d.roomId, d.userId) });
-    }
+    if (d.userId && o.presence.hold(d.roomId, d.userId)) announce(d.roomId, d.userId, "room.join");
     const topic = roomTopic(d.roomId);
     if (!since) {
       ws.subscribe(topic);
@@ -98,9 +117,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     if (!d.joined) return;
     d.joined = false;
     if (!closed) ws.unsubscribe(roomTopic(d.roomId));
-    if (d.userId && o.occupancy.remove(d.roomId, d.userId) && o.occupancy.count(d.roomId) < o.membershipEventsMaxMembers) {
-      o.hub.publish(roomTopic(d.roomId), { cursor: null, frame: encodeRoomMembership("room.leave", d.roomId, d.userId) });
-    }
+    if (d.userId && o.presence.release(d.roomId, d.userId)) announce(d.roomId, d.userId, "room.leave");
   };
 
   const onFrame = (ws: RoomSocket, f: ClientFrame) => {
@@ -124,11 +141,21 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
       case "room.join":
         if (!d.joined) enter(ws, null);
         return;
+      case "room.typing": {
+        if (!d.userId) return sendError(ws, "unauthorized", "typing needs a token (?token=… on connect)");
+        o.presence.typing(d.roomId, d.userId);
+        const now = Date.now();
+        if (now - d.typingAnnouncedAt >= TYPING_ANNOUNCE_MS && o.presence.localUserCount(d.roomId) <= o.membershipEventsMaxMembers) {
+          d.typingAnnouncedAt = now;
+          o.hub.publish(roomTopic(d.roomId), { cursor: null, frame: encodeRoomTyping(d.roomId, d.userId) });
+        }
+        return;
+      }
       case "room.leave":
         exit(ws, false);
         return;
       default:
-        sendError(ws, "unknown_event", `unknown event "${f.event}"; expected room.join, room.leave or room.message.send`);
+        sendError(ws, "unknown_event", `unknown event "${f.event}"; expected room.join, room.leave, room.typing or room.message.send`);
     }
   };
 
@@ -146,7 +173,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
       const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
       if (!ROOM_ID_RE.test(roomId)) throw new AppError("room_not_found", `room ${roomId} does not exist`);
       await o.city.requireRoom(roomId);
-      return { route: "room", roomId, userId: principal?.userId ?? null, since, joined: false };
+      return { route: "room", roomId, userId: principal?.userId ?? null, since, joined: false, typingAnnouncedAt: 0 };
     },
     open(ws) {
       o.hub.track(ws);

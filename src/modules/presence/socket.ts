@@ -1,0 +1,84 @@
+/**
+ * Presence socket `/ws/city/presence` (seed 000 §5.2, seed 003 §6; SPEC "WebSockets").
+ *
+ * - Needs a token (`?token=` or `Authorization`).
+ * - In: `{event:"presence.heartbeat", user_id}` every ~20 s; `user_id` must be the token's subject
+ *   (otherwise an `error` frame `user_mismatch`, and the heartbeat is ignored).
+ * - Out: `{type:"snapshot", rooms:[…]}` first, then `{type:"room.presence", …}` on count changes
+ *   and `{event:"presence.update", user_id, status}` on transitions.
+ */
+import type { ServerWebSocket } from "bun";
+import type { TokenVerifier } from "../../auth/tokens.ts";
+import { AppError, CLOSE } from "../../engine/errors.ts";
+import type { Hub } from "../../engine/hub.ts";
+import type { PresenceManager } from "../../engine/presence/presence.ts";
+import { decodeFrame, encodeError, PRESENCE_TOPIC } from "../../engine/protocol.ts";
+import { frameTooLarge, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import type { Logger } from "../../log.ts";
+import type { PresenceService } from "./service.ts";
+
+export interface PresenceSocketData extends SocketData {
+  route: "presence";
+  userId: string;
+}
+
+export interface PresenceSocketOptions {
+  service: PresenceService;
+  presence: PresenceManager;
+  hub: Hub;
+  verifier: TokenVerifier;
+  log: Logger;
+  maxFrameBytes: number;
+}
+
+const PATH = /^\/ws\/city\/presence\/?$/;
+
+export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<PresenceSocketData> {
+  const sendError = (ws: ServerWebSocket<PresenceSocketData>, code: Parameters<typeof encodeError>[0], message: string) => ws.send(encodeError(code, message));
+  return {
+    name: "presence",
+    match: (pathname) => (PATH.test(pathname) ? {} : null),
+    async prepare(req, url) {
+      const t = upgradeToken(req, url);
+      const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
+      if (!principal) throw new AppError("unauthorized", "the presence socket needs a token (?token=… or Authorization)");
+      return { route: "presence", userId: principal.userId };
+    },
+    open(ws) {
+      o.hub.track(ws);
+      o.service.prepareSnapshot().then(
+        (build) => {
+          if (ws.readyState !== 1) return;
+          // Same tick: nothing published between the snapshot's counts and the subscription.
+          ws.send(build());
+          ws.subscribe(PRESENCE_TOPIC);
+        },
+        (err) => {
+          o.log.error("presence socket: snapshot failed", { err });
+          sendError(ws, "store_unavailable", "could not read the room list; reconnect");
+          ws.close(CLOSE.internal, "snapshot failed");
+        },
+      );
+    },
+    message(ws, raw) {
+      if (frameTooLarge(raw, o.maxFrameBytes)) {
+        sendError(ws, "frame_too_large", `frames are limited to ${o.maxFrameBytes} bytes`);
+        ws.close(CLOSE.frameTooLarge, "frame too large");
+        return;
+      }
+      const f = decodeFrame(raw);
+      if (!f.ok) return sendError(ws, f.code, f.message);
+      const frame = f.frame;
+      if (frame.event !== "presence.heartbeat") {
+        return sendError(ws, "unknown_event", `unknown event "${frame.event}"; expected presence.heartbeat`);
+      }
+      if (frame.user_id !== undefined && frame.user_id !== ws.data.userId) {
+        return sendError(ws, "user_mismatch", `this socket speaks for ${ws.data.userId}; heartbeat for ${String(frame.user_id)} ignored`);
+      }
+      o.presence.heartbeat(ws.data.userId);
+    },
+    close(ws) {
+      o.hub.untrack(ws);
+    },
+  };
+}
