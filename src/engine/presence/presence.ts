@@ -350,7 +350,11 @@ export class PresenceManager {
 
   private setFailing(failing: boolean, err?: unknown): void {
     if (failing && !this.failing) this.o.log.warn("presence: backend unreachable; heartbeats are kept and retried", { engine: this.engine, err });
-    if (!failing && this.failing) this.o.log.info("presence: backend reachable again", { engine: this.engine });
+    if (!failing && this.failing) {
+      this.o.log.info("presence: backend reachable again", { engine: this.engine });
+      // It may have restarted empty: write every local hold again at the next sweep.
+      this.lastHoldRefresh = -Infinity;
+    }
     this.failing = failing;
   }
 }

@@ -1,0 +1,109 @@
+/**
+ * Redis going away and coming back while sockets heartbeat. The test runs a redis-server of its
+ * own on a spare loopback port (never the shared one) and stops it by its pid.
+ */
+import { afterAll, describe, expect, test } from "bun:test";
+import type { Subprocess } from "bun";
+import { createClient } from "redis";
+import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
+import { engineUrl } from "../helpers/engines.ts";
+
+const wanted = engineUrl("REDIS_URL", "presence with Redis down and back");
+const redisServer = Bun.which("redis-server");
+
+async function freePort(): Promise<number> {
+  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = l.port;
+  l.stop(true);
+  return port;
+}
+
+async function startRedis(port: number): Promise<Subprocess> {
+  const proc = Bun.spawn([redisServer!, "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"], {
+    stdout: "ignore",
+    stderr: "ignore",
+  });
+  await waitFor(async () => {
+    const c = createClient({ url: `redis://127.0.0.1:${port}`, socket: { reconnectStrategy: false, connectTimeout: 200 } });
+    c.on("error", () => {});
+    try {
+      await c.connect();
+      await c.close();
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  return proc;
+}
+
+describe.skipIf(!wanted || !redisServer)("presence when Redis is down and comes back", () => {
+  let redis: Subprocess | null = null;
+  let city: TestCity | null = null;
+  const sockets: TestSocket[] = [];
+  afterAll(async () => {
+    for (const s of sockets) s.close();
+    await city?.dispose();
+    redis?.kill("SIGKILL");
+    await redis?.exited;
+  });
+
+  test("rooms and messages keep working, /readyz says degraded, heartbeats resume within 5 s, memory stays bounded", async () => {
+    const port = await freePort();
+    redis = await startRedis(port);
+    const url = `redis://127.0.0.1:${port}`;
+    city = await startTestCity({ REDIS_URL: url, PRESENCE_SWEEP_MS: "200", PRESENCE_FLUSH_MS: "5", CITY_WRITE_RATE_PER_SECOND: "0" });
+    const c = city;
+    const beat = await heartbeating(c, "u_fault");
+    sockets.push(beat);
+    const beating = setInterval(() => beat.send({ event: "presence.heartbeat", user_id: "u_fault" }), 100);
+    sockets.push(await TestSocket.open(c.wsUrl(`/ws/city/rooms/room_city_energy?token=${await c.token("u_fault")}`)));
+    const probe = createClient({ url, socket: { reconnectStrategy: false } });
+    probe.on("error", () => {});
+    try {
+      await probe.connect();
+      await waitFor(() => probe.get("presence:user:u_fault"), (v) => v === "online");
+      await probe.close();
+      expect(((await (await c.http("/readyz")).json()) as any).status).toBe("ready");
+      expect(await waitFor(() => membersOnline(c, "room_city_energy"), (n) => n === 1)).toBe(1);
+
+      // Redis goes away
+      redis.kill("SIGKILL");
+      await redis.exited;
+      const ready = await waitFor(async () => (await (await c.http("/readyz")).json()) as any, (r) => r.status === "degraded");
+      expect(ready.engines.presence).toEqual({ engine: "redis", state: "down" });
+      const token = await c.token("u_writer");
+      const room = await TestSocket.open(c.wsUrl(`/ws/city/rooms/room_city_general?token=${token}`));
+      sockets.push(room);
+      const posted = await c.http("/city/rooms/room_city_general/messages", { method: "POST", token, json: { body: "while redis is down" } });
+      expect(posted.status).toBe(201);
+      expect((await room.next((f) => f.event === "room.message")).message.body).toBe("while redis is down");
+      expect((await c.http("/city/rooms")).status).toBe(200);
+      // heartbeats keep arriving (10/s): the queue holds distinct users, not every heartbeat
+      await Bun.sleep(1000);
+      expect(c.presence.pendingCount()).toBeLessThanOrEqual(3);
+      expect(c.presence.stats.flushFailures).toBeGreaterThan(0);
+
+      // Redis comes back, empty, on the same port
+      redis = await startRedis(port);
+      const t0 = Date.now();
+      const back = createClient({ url, socket: { reconnectStrategy: false } });
+      back.on("error", () => {});
+      await back.connect();
+      try {
+        await waitFor(() => back.get("presence:user:u_fault"), (v) => v === "online", 5000);
+        expect(Date.now() - t0).toBeLessThan(5000);
+        const ttl = await back.ttl("presence:user:u_fault");
+        expect(ttl).toBeGreaterThan(30);
+      } finally {
+        await back.close();
+      }
+      expect(((await waitFor(async () => (await (await c.http("/readyz")).json()) as any, (r) => r.status === "ready")) as any).engines.presence.state).toBe("up");
+      // the room hold was lost with Redis's data and is written again on recovery
+      expect(await waitFor(() => membersOnline(c, "room_city_energy"), (n) => n === 1, 5000)).toBe(1);
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      clearInterval(beating);
+    }
+  }, 30_000);
+});
