@@ -10,6 +10,7 @@ import { cityController } from "./modules/city/index.ts";
 import type { CityService } from "./modules/city/service.ts";
 import { opsController, type ReadinessReport } from "./modules/ops/index.ts";
 import { errorPlugin } from "./plugins/errors.ts";
+import { metricsController, type CityMetrics } from "./plugins/metrics.ts";
 
 export interface AppDeps {
   city: CityService;
@@ -17,6 +18,7 @@ export interface AppDeps {
   readiness: () => Promise<ReadinessReport>;
   log: Logger;
   version: string;
+  metrics: CityMetrics;
 }
 
 export function createApp(deps: AppDeps) {
@@ -32,6 +34,7 @@ export function createApp(deps: AppDeps) {
       }),
     )
     .use(opsController(deps.readiness))
+    .use(metricsController(deps.metrics))
     .use(cityController(deps.city, deps.verifier));
 }
 

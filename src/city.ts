@@ -25,6 +25,7 @@ import { roomSocketRoute } from "./modules/city/socket.ts";
 import type { ReadinessReport } from "./modules/ops/index.ts";
 import { PresenceService } from "./modules/presence/service.ts";
 import { presenceSocketRoute } from "./modules/presence/socket.ts";
+import { createMetrics } from "./plugins/metrics.ts";
 import { serveCity } from "./server.ts";
 import { PostgresStore } from "./storage/postgres.ts";
 import { SqliteStore } from "./storage/sqlite.ts";
@@ -121,7 +122,10 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     opened.push(() => presenceService.close());
     const writeLimiter = new RateLimiter({ ratePerSecond: config.writeRatePerSecond, burst: config.writeBurst, clock });
     const occupancy = { count: (roomId: string) => presence.roomCount(roomId) };
-    const city = new CityService({ store, hub, broker, occupancy, writeLimiter, clock, log, onRoomCreated: () => presenceService.roomsChanged() });
+    const metrics = createMetrics({ hub, presence });
+    const city = new CityService({
+      store, hub, broker, occupancy, writeLimiter, clock, log, onRoomCreated: () => presenceService.roomsChanged(), onPublished: (n) => metrics.messages.inc(n),
+    });
     const created = await city.ensureDefaultRooms(config.defaultRooms);
     if (created.length) log.info("city: default rooms created", { slugs: created });
 
@@ -141,7 +145,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       return { status, engines };
     };
 
-    const app = createApp({ city, verifier, readiness, log, version: VERSION });
+    const app = createApp({ city, verifier, readiness, log, version: VERSION, metrics });
     const routes = [
       roomSocketRoute({
         city, hub, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,

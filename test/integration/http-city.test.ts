@@ -181,3 +181,17 @@ describe("city HTTP API", () => {
     });
   });
 });
+
+describe("metrics", () => {
+  test("GET /metrics is Prometheus text with the city's counters", async () => {
+    const before = await (await city.app.handle(new Request("http://localhost/metrics"))).text();
+    const count = (text: string) => Number(/^daarion_city_room_messages_total (\d+)/m.exec(text)?.[1]);
+    await call("POST", "/city/rooms/room_city_science/messages", { token: alice, json: { body: "counted" } });
+    const res = await city.app.handle(new Request("http://localhost/metrics"));
+    expect(res.headers.get("content-type")).toContain("text/plain");
+    const text = await res.text();
+    expect(count(text)).toBe(count(before) + 1);
+    expect(text).toMatch(/^daarion_city_sockets_open \d+/m);
+    expect(text).toMatch(/^daarion_city_presence_up 1/m);
+  });
+});

@@ -38,6 +38,8 @@ export interface CityServiceOptions {
   ids?: IdGenerator;
   /** Called after this instance created a room (the presence snapshot's room list changes). */
   onRoomCreated?: () => void;
+  /** Called with the number of messages of each committed and published batch. */
+  onPublished?: (count: number) => void;
 }
 
 export interface RoomDetail {
@@ -227,6 +229,7 @@ export class CityService {
       this.o.hub.publish(roomTopic(message.room_id), { cursor: message.id, frame });
       this.o.broker.publish(ROOM_MESSAGE_EVENT_SUBJECT, frame);
     }
+    this.o.onPublished?.(batch.length);
   }
 
   private newRoom(slug: string, name: string, description: string | null, createdBy: string | null, isDefault: boolean, now: number): Room {
