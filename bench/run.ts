@@ -14,6 +14,7 @@ import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, ServerKind, SocketPlan } from "./load/client.ts";
+import { ClientProc } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
 import { renderReadme } from "./render.ts";
 
@@ -53,37 +54,8 @@ const QUICK: Scenario[] = [
 
 // ---- client processes ------------------------------------------------------------------------
 
-class ClientProc {
-  private readonly waiting: ((m: any) => void)[] = [];
-  private readonly proc;
-  private constructor(id: number, ready: (p: ClientProc) => void) {
-    this.proc = Bun.spawn(["bun", path.join(ROOT, "bench/load/client.ts")], {
-      env: { ...process.env, BENCH_CLIENT_ID: String(id) },
-      stdout: "inherit",
-      stderr: "inherit",
-      serialization: "json",
-      ipc: (m: any) => {
-        if (m.op === "hello") return ready(this);
-        this.waiting.shift()?.(m);
-      },
-    });
-  }
-  static start(id: number): Promise<ClientProc> {
-    return new Promise((resolve) => new ClientProc(id, resolve));
-  }
-  call<T = any>(cmd: Command): Promise<T> {
-    return new Promise((resolve) => {
-      this.waiting.push(resolve);
-      this.proc.send(cmd);
-    });
-  }
-  async close(): Promise<void> {
-    this.proc.send({ op: "close" } satisfies Command);
-    const t = setTimeout(() => this.proc.kill("SIGKILL"), 3000);
-    await this.proc.exited;
-    clearTimeout(t);
-  }
-}
+const startClient = (id: number) => ClientProc.start<Command>("client.ts", id);
+type Client = ClientProc<Command>;
 
 // ---- one measurement -------------------------------------------------------------------------
 
@@ -133,8 +105,8 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
   if (server.kind === "project" && s.rooms > 1) await createRooms(server, roomIds);
   const total = s.rooms * s.receivers;
   const recvProcs = Math.max(s.mode === "connect" ? 2 : 1, Math.ceil(total / 5000));
-  const clients: ClientProc[] = [];
-  for (let i = 0; i < recvProcs + (s.publishersPerRoom > 0 ? 1 : 0); i++) clients.push(await ClientProc.start(i + 1));
+  const clients: Client[] = [];
+  for (let i = 0; i < recvProcs + (s.publishersPerRoom > 0 ? 1 : 0); i++) clients.push(await startClient(i + 1));
   const recvClients = clients.slice(0, recvProcs);
   const pubClient = s.publishersPerRoom > 0 ? clients[recvProcs]! : null;
   const baseWs = server.url.replace("http", "ws");

@@ -28,7 +28,8 @@ export function availableServers(): ServerName[] {
   return process.env.DATABASE_URL ? all : all.filter((s) => s !== "project-postgres");
 }
 
-export async function startServer(name: ServerName): Promise<RunningServer> {
+/** Starts `name` fresh; `extraEnv` is added to the project's environment. */
+export async function startServer(name: ServerName, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
   const env: Record<string, string> = { PATH: process.env.PATH ?? "", PORT: "0", HOME: process.env.HOME ?? "/tmp" };
   let cmd: string[];
   let kind: ServerKind;
@@ -52,6 +53,7 @@ export async function startServer(name: ServerName): Promise<RunningServer> {
         CITY_WRITE_RATE_PER_SECOND: "0", CITY_DEFAULT_ROOMS: "general",
       });
       // Experiments: BENCH_PROJECT_ENV='{"SQLITE_SYNCHRONOUS":"NORMAL"}' passes extra settings.
+      Object.assign(env, extraEnv);
       if (process.env.BENCH_PROJECT_ENV) Object.assign(env, JSON.parse(process.env.BENCH_PROJECT_ENV));
       if (name === "project-postgres") {
         const base = process.env.DATABASE_URL!;

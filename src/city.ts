@@ -111,12 +111,13 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const hub = new Hub({ broker, log, maxBufferedBytes: config.wsMaxBufferedBytes });
     const presence = new PresenceManager({
       backend: openPresenceBackend(config, log), clock, log, ttlMs: config.presenceTtlSeconds * 1000, typingTtlMs: config.typingTtlSeconds * 1000,
-      flushMs: config.presenceFlushMs, sweepMs: config.presenceSweepMs,
+      flushMs: config.presenceFlushMs, sweepMs: config.presenceSweepMs, batching: config.presenceBatching,
     });
     await presence.start();
     opened.push(() => presence.close());
     const presenceService = new PresenceService({
       presence, hub, broker, store, clock, log, throttleMs: config.roomPresenceThrottleMs, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
+      updatesMaxAudience: config.presenceUpdatesMaxAudience,
     });
     presenceService.start();
     opened.push(() => presenceService.close());

@@ -41,12 +41,16 @@ export interface Config {
   presenceTtlSeconds: number;
   /** Heartbeats are written in one batch per tick of this length, ms. */
   presenceFlushMs: number;
+  /** `false`: one round trip per heartbeat (the naive baseline the heartbeat bench compares against). */
+  presenceBatching: boolean;
   /** Offline detection and room counts are recomputed this often, ms. */
   presenceSweepMs: number;
   /** A room's presence frame goes out at most this often unless its online count changed, ms (seed 003: 3 s). */
   roomPresenceThrottleMs: number;
   /** A `room.typing` counts this long without a refresh, s. */
   typingTtlSeconds: number;
+  /** `presence.update` goes out only while at most this many local sockets listen for it (storm guard). */
+  presenceUpdatesMaxAudience: number;
   /** Largest socket frame accepted, bytes; larger ones get `frame_too_large` and close 1009. */
   wsMaxFrameBytes: number;
   /** Send buffer per socket, bytes, above which a socket counts as a slow consumer. */
@@ -199,11 +203,21 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   },
   { env: "PRESENCE_TTL_SECONDS", key: "presenceTtlSeconds", type: "integer 2..3600", fallback: "40", doc: "A user is online this long after a heartbeat (seed 000: 40; clients beat every 20 s).", parse: int(2, 3600) },
   { env: "PRESENCE_FLUSH_MS", key: "presenceFlushMs", type: "integer 1..1000", fallback: "10", doc: "Heartbeats from all sockets are written in one Redis pipeline per tick of this length.", parse: int(1, 1000) },
+  {
+    env: "PRESENCE_BATCHING", key: "presenceBatching", type: "on or off", fallback: "on",
+    doc: "`off` writes every heartbeat in its own round trip, as seed 001 did: only to measure what batching buys (`bun run bench:heartbeat`).",
+    parse: (r, env) => oneOf(["on", "off"] as const)(r, env) === "on",
+  },
   { env: "PRESENCE_SWEEP_MS", key: "presenceSweepMs", type: "integer 100..10000", fallback: "1000", doc: "How often offline users are detected and room counts recomputed.", parse: int(100, 10_000) },
   {
     env: "ROOM_PRESENCE_THROTTLE_MS", key: "roomPresenceThrottleMs", type: "integer 0..60000", fallback: "3000",
     doc: "A room's `room.presence` frame on the presence socket goes out at most this often, unless its online count changed (seed 003 §5.3).",
     parse: int(0, 60_000),
+  },
+  {
+    env: "PRESENCE_UPDATES_MAX_AUDIENCE", key: "presenceUpdatesMaxAudience", type: "integer 0..1000000", fallback: "1000",
+    doc: "Per-user `presence.update` frames go out only while this instance has at most this many presence sockets listening for them: a reconnect storm of n users would otherwise cost n² deliveries. Room counts always go out.",
+    parse: int(0, 1_000_000),
   },
   { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
   { env: "WS_MAX_FRAME_BYTES", key: "wsMaxFrameBytes", type: "integer 1024..1048576", fallback: "32768", doc: "Largest socket frame accepted; larger frames get `frame_too_large` and close 1009.", parse: int(1024, 1_048_576) },

@@ -8,8 +8,10 @@ import type { ErrorCode } from "./errors.ts";
 
 /** Hub topic of a room's socket audience. */
 export const roomTopic = (roomId: string): string => `room.${roomId}`;
-/** Hub topic of the presence sockets (`/ws/city/presence`). */
-export const PRESENCE_TOPIC = "presence";
+/** Hub topic of the presence sockets' room counts (`{type:"room.presence", …}`). */
+export const PRESENCE_COUNTS_TOPIC = "presence.counts";
+/** Hub topic of the presence sockets' per-user transitions (`{event:"presence.update", …}`). */
+export const PRESENCE_USERS_TOPIC = "presence.users";
 /** A room's slug from its id (`room_city_{slug}`, seed 000 §4.1). */
 export const slugOfRoom = (roomId: string): string => roomId.replace(/^room_city_/, "");
 

@@ -70,6 +70,18 @@ for (const v of variants) {
       expect(s.closed).toBeNull();
     });
 
+    test("?events=counts gets the snapshot and counts but no presence.update; a bad value is refused", async () => {
+      const countsOnly = track(await TestSocket.open(city.wsUrl(`/ws/city/presence?events=counts&token=${await city.token("u_counts_only")}`)));
+      expect((await countsOnly.next(() => true)).type).toBe("snapshot");
+      const full = track(await heartbeating(city, "u_full_observer"));
+      track(await heartbeating(city, "u_newcomer"));
+      await full.next((f) => f.event === "presence.update" && f.user_id === "u_newcomer");
+      track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_builders?token=${await city.token("u_newcomer")}`)));
+      await countsOnly.next((f) => f.type === "room.presence" && f.room_slug === "builders" && f.online_count === 1);
+      expect(countsOnly.frames.filter((f) => f.event === "presence.update")).toEqual([]);
+      expect(await refusedUpgrade(`${city.url}/ws/city/presence?events=everything&token=${await city.token("u_x")}`)).toMatchObject({ status: 400 });
+    });
+
     test("the presence socket needs a valid token", async () => {
       expect(await refusedUpgrade(`${city.url}/ws/city/presence`)).toMatchObject({ status: 401, body: { error: { code: "unauthorized" } } });
       expect(await refusedUpgrade(`${city.url}/ws/city/presence?token=bad`)).toMatchObject({ status: 401 });
@@ -97,3 +109,32 @@ for (const v of variants) {
     });
   });
 }
+
+describe("presence.update storm guard", () => {
+  test("above PRESENCE_UPDATES_MAX_AUDIENCE listening sockets, presence.update is not sent; counts still are", async () => {
+    const city = await startTestCity({ PRESENCE_UPDATES_MAX_AUDIENCE: "2", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5" });
+    const opened: TestSocket[] = [];
+    try {
+      const a = await heartbeating(city, "u_a");
+      const b = await heartbeating(city, "u_b");
+      opened.push(a, b);
+      await a.next((f) => f.event === "presence.update" && f.user_id === "u_b");
+      const c = await heartbeating(city, "u_c"); // a third listener: over the limit
+      opened.push(c);
+      opened.push(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${await city.token("u_c")}`)));
+      await a.next((f) => f.type === "room.presence" && f.room_slug === "general" && f.online_count === 1);
+      expect(a.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_c")).toEqual([]);
+      c.close(); // two listeners again: within the limit
+      await c.waitClosed();
+      await Bun.sleep(50);
+      const e = await TestSocket.open(city.wsUrl(`/ws/city/presence?events=counts&token=${await city.token("u_e")}`));
+      opened.push(e);
+      await e.next((f) => f.type === "snapshot");
+      e.send({ event: "presence.heartbeat", user_id: "u_e" }); // a counts-only socket is not in the audience
+      expect(await a.next((f) => f.event === "presence.update" && f.user_id === "u_e")).toEqual({ event: "presence.update", user_id: "u_e", status: "online" });
+    } finally {
+      for (const s of opened) s.close();
+      await city.dispose();
+    }
+  });
+});

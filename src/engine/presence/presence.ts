@@ -82,6 +82,11 @@ export interface PresenceOptions {
   sweepMs: number;
   /** This instance's name in shared state (default: random). */
   instanceId?: string;
+  /**
+   * `false` writes each heartbeat in a round trip of its own, the naive way seed 001 did it. Only
+   * for measuring what batching buys (bench/heartbeat.ts); never faster.
+   */
+  batching?: boolean;
 }
 
 type Listener<T extends unknown[]> = (...args: T) => void;
@@ -157,7 +162,25 @@ export class PresenceManager {
 
   /** Queues a heartbeat for the next flush (seed 000 §5.2 `presence.heartbeat`). */
   heartbeat(userId: string): void {
+    if (this.o.batching === false) return this.writeAlone(userId);
     this.heartbeats.add(userId);
+  }
+
+  /** The naive path: one round trip for this heartbeat alone. */
+  private writeAlone(userId: string): void {
+    const batch: PresenceBatch = { instance: this.instanceId, heartbeats: [userId], holds: [], releases: [], typing: [] };
+    this.o.backend.apply(batch, this.o.clock.now()).then(
+      (online) => {
+        this.stats.flushes++;
+        this.stats.heartbeats++;
+        this.setFailing(false);
+        for (const u of online) this.emitTransition(u, "online");
+      },
+      (err) => {
+        this.stats.flushFailures++;
+        this.setFailing(true, err);
+      },
+    );
   }
 
   /**

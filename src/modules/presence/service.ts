@@ -4,7 +4,9 @@
  * - Transitions: the one instance that detects a user's online/offline transition publishes it on
  *   the broker subject `city.presence.transition`; every instance (itself included) then sends
  *   `presence.update` to its presence sockets and `room.presence` to the rooms where it holds a
- *   socket of that user.
+ *   socket of that user. `presence.update` goes to every listening socket, so a reconnect storm
+ *   of n users costs n² deliveries: it is sent only while at most PRESENCE_UPDATES_MAX_AUDIENCE
+ *   local sockets listen (sockets opened with `?events=counts` do not).
  * - Room counts: every instance computes the same counts from the same backend each sweep and
  *   sends `{type:"room.presence", …}` to its presence sockets, at once when a room's online count
  *   changed, otherwise at most once per ROOM_PRESENCE_THROTTLE_MS per room (seed 003 §5.3).
@@ -14,8 +16,8 @@ import type { Broker } from "../../engine/broker/broker.ts";
 import type { Hub } from "../../engine/hub.ts";
 import type { PresenceManager, PresenceStatus, RoomCounts } from "../../engine/presence/presence.ts";
 import {
-  encodePresenceSnapshot, encodePresenceUpdate, encodeRoomPresenceCounts, encodeRoomUserPresence, PRESENCE_TOPIC, roomTopic, slugOfRoom,
-  type RoomPresenceCounts,
+  encodePresenceSnapshot, encodePresenceUpdate, encodeRoomPresenceCounts, encodeRoomUserPresence, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC,
+  roomTopic, slugOfRoom, type RoomPresenceCounts,
 } from "../../engine/protocol.ts";
 import type { Logger } from "../../log.ts";
 import type { Store } from "../../storage/store.ts";
@@ -35,6 +37,8 @@ export interface PresenceServiceOptions {
   throttleMs: number;
   /** Per-user room events only while this instance holds at most this many users in the room. */
   membershipEventsMaxMembers: number;
+  /** `presence.update` only while at most this many local sockets listen for it. */
+  updatesMaxAudience: number;
 }
 
 interface Throttle {
@@ -48,6 +52,8 @@ export class PresenceService {
   private readonly throttles = new Map<string, Throttle>();
   private rooms: { ids: string[]; at: number } | null = null;
   private unsubscribe: (() => void) | null = null;
+  /** Local presence sockets subscribed to per-user transitions. */
+  private updateAudience = 0;
 
   constructor(private readonly o: PresenceServiceOptions) {}
 
@@ -75,6 +81,11 @@ export class PresenceService {
     this.unsubscribe?.();
     for (const t of this.throttles.values()) if (t.timer) clearTimeout(t.timer);
     this.throttles.clear();
+  }
+
+  /** A local socket started (+1) or stopped (-1) listening for `presence.update`. */
+  audienceChanged(delta: 1 | -1): void {
+    this.updateAudience += delta;
   }
 
   /** Forgets the cached room list (after a room is created here). */
@@ -105,7 +116,9 @@ export class PresenceService {
 
   private applyTransition(userId: string, status: PresenceStatus): void {
     const { hub, presence } = this.o;
-    hub.publishLocal(PRESENCE_TOPIC, { cursor: null, frame: encodePresenceUpdate(userId, status) });
+    if (this.updateAudience > 0 && this.updateAudience <= this.o.updatesMaxAudience) {
+      hub.publishLocal(PRESENCE_USERS_TOPIC, { cursor: null, frame: encodePresenceUpdate(userId, status) });
+    }
     for (const roomId of presence.roomsHeldLocally(userId)) {
       if (presence.localUserCount(roomId) > this.o.membershipEventsMaxMembers) continue;
       hub.publish(roomTopic(roomId), { cursor: null, frame: encodeRoomUserPresence(roomId, userId, status) });
@@ -136,7 +149,7 @@ export class PresenceService {
     t.pending = null;
     t.sent = counts;
     t.sentAt = now;
-    this.o.hub.publishLocal(PRESENCE_TOPIC, { cursor: null, frame: encodeRoomPresenceCounts(toWire(roomId, counts)) });
+    this.o.hub.publishLocal(PRESENCE_COUNTS_TOPIC, { cursor: null, frame: encodeRoomPresenceCounts(toWire(roomId, counts)) });
     if (counts.online === 0 && counts.typing === 0) this.throttles.delete(roomId);
   }
 }

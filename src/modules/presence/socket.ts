@@ -5,14 +5,15 @@
  * - In: `{event:"presence.heartbeat", user_id}` every ~20 s; `user_id` must be the token's subject
  *   (otherwise an `error` frame `user_mismatch`, and the heartbeat is ignored).
  * - Out: `{type:"snapshot", rooms:[…]}` first, then `{type:"room.presence", …}` on count changes
- *   and `{event:"presence.update", user_id, status}` on transitions.
+ *   and `{event:"presence.update", user_id, status}` on transitions. `?events=counts` leaves out
+ *   the per-user `presence.update` frames (for room lists that only show numbers, seed 003 §7).
  */
 import type { ServerWebSocket } from "bun";
 import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { Hub } from "../../engine/hub.ts";
 import type { PresenceManager } from "../../engine/presence/presence.ts";
-import { decodeFrame, encodeError, PRESENCE_TOPIC } from "../../engine/protocol.ts";
+import { decodeFrame, encodeError, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC } from "../../engine/protocol.ts";
 import { frameTooLarge, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { Logger } from "../../log.ts";
 import type { PresenceService } from "./service.ts";
@@ -20,6 +21,10 @@ import type { PresenceService } from "./service.ts";
 export interface PresenceSocketData extends SocketData {
   route: "presence";
   userId: string;
+  /** Receives per-user `presence.update` frames (not with `?events=counts`). */
+  updates: boolean;
+  /** Counted in the service's `presence.update` audience. */
+  counted?: boolean;
 }
 
 export interface PresenceSocketOptions {
@@ -42,7 +47,9 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       const t = upgradeToken(req, url);
       const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
       if (!principal) throw new AppError("unauthorized", "the presence socket needs a token (?token=… or Authorization)");
-      return { route: "presence", userId: principal.userId };
+      const events = url.searchParams.get("events") ?? "all";
+      if (events !== "all" && events !== "counts") throw new AppError("validation_failed", "events must be all (default) or counts");
+      return { route: "presence", userId: principal.userId, updates: events === "all" };
     },
     open(ws) {
       o.hub.track(ws);
@@ -51,7 +58,12 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
           if (ws.readyState !== 1) return;
           // Same tick: nothing published between the snapshot's counts and the subscription.
           ws.send(build());
-          ws.subscribe(PRESENCE_TOPIC);
+          ws.subscribe(PRESENCE_COUNTS_TOPIC);
+          if (ws.data.updates) {
+            ws.subscribe(PRESENCE_USERS_TOPIC);
+            o.service.audienceChanged(1);
+            ws.data.counted = true;
+          }
         },
         (err) => {
           o.log.error("presence socket: snapshot failed", { err });
@@ -78,6 +90,7 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       o.presence.heartbeat(ws.data.userId);
     },
     close(ws) {
+      if (ws.data.counted) o.service.audienceChanged(-1);
       o.hub.untrack(ws);
     },
   };

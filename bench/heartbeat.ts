@@ -1,0 +1,212 @@
+/**
+ * Heartbeat benchmark (issue: presence). N presence sockets, spread over client processes, each
+ * heartbeating once per interval; meanwhile probe users send their first heartbeat and an observer
+ * times the `presence.update` online. The project runs on Redis twice per scenario, batched
+ * (one pipeline per PRESENCE_FLUSH_MS tick) and naive (PRESENCE_BATCHING=off: one round trip per
+ * heartbeat, as seed 001 did), interleaved.
+ *
+ *   bun run bench:heartbeat            full (N = 1,000 and 10,000); table in bench/README.md
+ *   bun run bench:heartbeat --quick    N = 2,000, one rep
+ *
+ * Needs REDIS_URL (keys go under a random prefix and are removed afterwards).
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { createClient } from "redis";
+import { signToken } from "../src/auth/tokens.ts";
+import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
+import type { PresenceCommand } from "./load/presence-client.ts";
+import { ClientProc } from "./load/proc.ts";
+import { BENCH_SECRET, cpuSeconds, ROOT, startServer, type RunningServer } from "./servers.ts";
+
+interface Scenario {
+  id: string;
+  sockets: number;
+  intervalMs: number;
+  durationMs: number;
+}
+
+const FULL: Scenario[] = [
+  { id: "hb-1k", sockets: 1000, intervalMs: 1000, durationMs: 5000 },
+  { id: "hb-10k", sockets: 10_000, intervalMs: 1000, durationMs: 5000 },
+];
+const QUICK: Scenario[] = [{ id: "hb-2k", sockets: 2000, intervalMs: 1000, durationMs: 3000 }];
+
+type Mode = "batched" | "naive";
+
+interface Result {
+  scenario: string;
+  mode: Mode;
+  rep: number;
+  sockets: number;
+  heartbeats_sent_per_s: number;
+  heartbeats_written_per_s: number;
+  redis_round_trips_per_s: number;
+  redis_cpu_s: number;
+  server_cpu_s: number;
+  update_p50_ms: number | null;
+  update_p99_ms: number | null;
+  update_max_ms: number | null;
+  probes_seen: string;
+  flush_failures: number;
+}
+
+const tokens = new Map<string, string>();
+async function token(user: string): Promise<string> {
+  let t = tokens.get(user);
+  if (!t) tokens.set(user, (t = await signToken(BENCH_SECRET, user, 24 * 3600)));
+  return t;
+}
+
+async function metric(server: RunningServer, name: string): Promise<number> {
+  const text = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN);
+}
+
+async function redisCpu(url: string): Promise<number> {
+  const c = createClient({ url });
+  await c.connect();
+  const info = await c.info("cpu");
+  await c.close();
+  const get = (k: string) => Number(new RegExp(`${k}:(\\S+)`).exec(info)?.[1] ?? 0);
+  return get("used_cpu_sys") + get("used_cpu_user");
+}
+
+async function runOnce(s: Scenario, mode: Mode, rep: number, redisUrl: string, prefix: string): Promise<Result> {
+  const server = await startServer("project-sqlite", {
+    REDIS_URL: redisUrl, REDIS_KEY_PREFIX: prefix, PRESENCE_BATCHING: mode === "batched" ? "on" : "off", PRESENCE_FLUSH_MS: "10",
+  });
+  const procs = Math.max(1, Math.ceil(s.sockets / 5000));
+  const clients: ClientProc<PresenceCommand>[] = [];
+  try {
+    for (let i = 0; i <= procs; i++) clients.push(await ClientProc.start<PresenceCommand>("presence-client.ts", i + 1));
+    const beaters = clients.slice(0, procs);
+    const prober = clients[procs]!;
+    const baseWs = server.url.replace("http", "ws");
+    const run = `${mode}${rep}${s.id}`;
+    await Promise.all(
+      beaters.map(async (c, p) => {
+        const users = [];
+        for (let i = p; i < s.sockets; i += procs) users.push({ id: `u_hb_${run}_${i}`, token: await token(`u_hb_${run}_${i}`) });
+        return c.call({ op: "open", baseWs, users, concurrency: 100 });
+      }),
+    );
+    // Every user online first: the measurement is steady state (refreshes) plus the probes' transitions.
+    await Promise.all(beaters.map((c) => c.call({ op: "warm" })));
+    const online = async () => {
+      const c = createClient({ url: redisUrl });
+      await c.connect();
+      const n = await c.zCard(`${prefix}presence:{city}:online`);
+      await c.close();
+      return n;
+    };
+    const warmEnd = Date.now() + 30_000;
+    while ((await online()) < s.sockets && Date.now() < warmEnd) await Bun.sleep(100);
+    const probes = [];
+    const count = Math.floor(s.durationMs / 50) - 10;
+    for (let i = 0; i < count; i++) probes.push({ id: `u_probe_${run}_${i}`, token: await token(`u_probe_${run}_${i}`) });
+    const flushes0 = await metric(server, "daarion_city_presence_flushes_total");
+    const written0 = await metric(server, "daarion_city_presence_heartbeats_total");
+    const failures0 = await metric(server, "daarion_city_presence_flush_failures_total");
+    const cpu0 = cpuSeconds(server.pid);
+    const redis0 = await redisCpu(redisUrl);
+    const t0 = performance.now();
+    const [beats, probed] = await Promise.all([
+      Promise.all(beaters.map((c) => c.call<{ sent: number; seconds: number }>({ op: "beat", durationMs: s.durationMs, intervalMs: s.intervalMs }))),
+      prober.call<{ hist: HistogramData; sent: number; seen: number }>({ op: "probe", baseWs, observerToken: await token(`u_observer_${run}`), probes, everyMs: 50 }),
+    ]);
+    const seconds = (performance.now() - t0) / 1000;
+    await Bun.sleep(200);
+    const flushes = (await metric(server, "daarion_city_presence_flushes_total")) - flushes0;
+    const written = (await metric(server, "daarion_city_presence_heartbeats_total")) - written0;
+    const hist = merge(null, probed.hist);
+    return {
+      scenario: s.id, mode, rep, sockets: s.sockets,
+      heartbeats_sent_per_s: Math.round(beats.reduce((a, b) => a + b.sent, 0) / seconds),
+      heartbeats_written_per_s: Math.round(written / seconds),
+      redis_round_trips_per_s: Math.round(flushes / seconds),
+      redis_cpu_s: Math.round(((await redisCpu(redisUrl)) - redis0) * 100) / 100,
+      server_cpu_s: Math.round((cpuSeconds(server.pid) - cpu0) * 100) / 100,
+      update_p50_ms: quantileMs(hist, 0.5),
+      update_p99_ms: quantileMs(hist, 0.99),
+      update_max_ms: Math.round(hist.maxUs) / 1000,
+      probes_seen: `${probed.seen}/${probed.sent}`,
+      flush_failures: (await metric(server, "daarion_city_presence_flush_failures_total")) - failures0,
+    };
+  } finally {
+    await Promise.all(clients.map((c) => c.close()));
+    await server.stop();
+  }
+}
+
+function renderTable(meta: { date: string; command: string; duration_s: number }, results: Result[]): string {
+  const rows = new Map<string, Result[]>();
+  for (const r of results) rows.set(`${r.scenario}|${r.mode}`, [...(rows.get(`${r.scenario}|${r.mode}`) ?? []), r]);
+  const mean = (rs: Result[], k: keyof Result) => rs.reduce((a, r) => a + Number(r[k] ?? 0), 0) / rs.length;
+  const lines = [
+    `Run ${meta.date} · \`${meta.command}\` · ${meta.duration_s} s`,
+    "",
+    "| sockets × 1 heartbeat/s | mode | heartbeats/s sent | written/s | Redis round trips/s | Redis CPU s | server CPU s | presence.update p50 / p99 / max ms | probes seen |",
+    "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const [k, rs] of rows) {
+    const [, mode] = k.split("|");
+    lines.push(
+      `| ${rs[0]!.sockets.toLocaleString("en-US")} | ${mode} | ${Math.round(mean(rs, "heartbeats_sent_per_s")).toLocaleString("en-US")} | ${Math.round(mean(rs, "heartbeats_written_per_s")).toLocaleString("en-US")} | ${Math.round(mean(rs, "redis_round_trips_per_s")).toLocaleString("en-US")} | ${mean(rs, "redis_cpu_s").toFixed(2)} | ${mean(rs, "server_cpu_s").toFixed(2)} | ${mean(rs, "update_p50_ms").toFixed(2)} / ${mean(rs, "update_p99_ms").toFixed(2)} / ${Math.max(...rs.map((r) => r.update_max_ms ?? 0)).toFixed(2)} | ${rs.map((r) => r.probes_seen).join(", ")} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+async function main() {
+  const redisUrl = process.env.REDIS_URL;
+  if (!redisUrl) throw new Error("bench:heartbeat needs REDIS_URL");
+  const quick = process.argv.includes("--quick");
+  const scenarios = quick ? QUICK : FULL;
+  const reps = quick ? 1 : 2;
+  const prefix = `bench_${Math.random().toString(36).slice(2, 8)}:`;
+  const started = new Date();
+  const t0 = performance.now();
+  const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
+  if (build.exitCode !== 0) throw new Error("bench: build failed");
+  const results: Result[] = [];
+  try {
+    for (const s of scenarios) {
+      for (let rep = 0; rep < reps; rep++) {
+        for (const mode of (rep % 2 === 0 ? ["batched", "naive"] : ["naive", "batched"]) as Mode[]) {
+          const r = await runOnce(s, mode, rep, redisUrl, prefix);
+          results.push(r);
+          console.log(JSON.stringify(r));
+        }
+      }
+      const b = results.filter((r) => r.scenario === s.id && r.mode === "batched");
+      const n = results.filter((r) => r.scenario === s.id && r.mode === "naive");
+      const avg = (rs: Result[], k: keyof Result) => rs.reduce((a, r) => a + Number(r[k]), 0) / rs.length;
+      console.log(JSON.stringify({
+        scenario: s.id, summary: true,
+        round_trips_naive_over_batched: Math.round((avg(n, "redis_round_trips_per_s") / avg(b, "redis_round_trips_per_s")) * 10) / 10,
+        redis_cpu_naive_over_batched: Math.round((avg(n, "redis_cpu_s") / Math.max(0.01, avg(b, "redis_cpu_s"))) * 10) / 10,
+        update_p99_batched_ms: avg(b, "update_p99_ms"), update_p99_naive_ms: avg(n, "update_p99_ms"),
+      }));
+    }
+  } finally {
+    const c = createClient({ url: redisUrl });
+    await c.connect();
+    for await (const keys of c.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) if (keys.length) await c.del(keys);
+    await c.close();
+  }
+  const meta = { date: started.toISOString(), command: `bun run bench:heartbeat${quick ? " --quick" : ""}`, duration_s: Math.round((performance.now() - t0) / 1000) };
+  const dir = path.join(ROOT, "bench/results", quick ? "scratch" : "");
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(path.join(dir, quick ? `heartbeat-quick-${Date.now()}.json` : "heartbeat-latest.json"), JSON.stringify({ meta, results }, null, 1));
+  if (!quick) {
+    const readme = path.join(ROOT, "bench/README.md");
+    const text = readFileSync(readme, "utf8");
+    const a = text.indexOf("<!-- heartbeat:start -->");
+    const b = text.indexOf("<!-- heartbeat:end -->");
+    if (a >= 0 && b >= 0) writeFileSync(readme, text.slice(0, a + 24) + "\n" + renderTable(meta, results) + "\n" + text.slice(b));
+  }
+  console.error(`bench:heartbeat: ${results.length} runs in ${meta.duration_s} s`);
+}
+
+await main();

@@ -1,0 +1,42 @@
+/**
+ * A load-client child process driven over IPC: one request, one reply, in order.
+ */
+import path from "node:path";
+
+export class ClientProc<Cmd extends { op: string }> {
+  private readonly waiting: ((m: any) => void)[] = [];
+  private readonly proc;
+
+  private constructor(script: string, id: number, ready: (p: ClientProc<Cmd>) => void) {
+    this.proc = Bun.spawn(["bun", path.join(import.meta.dir, script)], {
+      env: { ...process.env, BENCH_CLIENT_ID: String(id) },
+      stdout: "inherit",
+      stderr: "inherit",
+      serialization: "json",
+      ipc: (m: any) => {
+        if (m.op === "hello") return ready(this);
+        this.waiting.shift()?.(m);
+      },
+    });
+  }
+
+  /** Spawns `bench/load/<script>` and waits for its hello. */
+  static start<C extends { op: string }>(script: string, id: number): Promise<ClientProc<C>> {
+    return new Promise((resolve) => new ClientProc<C>(script, id, resolve));
+  }
+
+  call<T = any>(cmd: Cmd): Promise<T> {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.proc.send(cmd);
+    });
+  }
+
+  /** Asks the client to close its sockets and exit; kills it after 3 s. */
+  async close(): Promise<void> {
+    this.proc.send({ op: "close" });
+    const t = setTimeout(() => this.proc.kill("SIGKILL"), 3000);
+    await this.proc.exited;
+    clearTimeout(t);
+  }
+}
