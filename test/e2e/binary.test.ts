@@ -165,3 +165,92 @@ describe("compiled binary: command line", () => {
     expect(bad.stderr.toString()).toContain("user id must match");
   });
 });
+
+const redisUrl = engineUrl("REDIS_URL", "compiled binary with presence on Redis");
+describe.skipIf(!redisUrl)("compiled binary: presence on Redis", () => {
+  const prefix = `t_${Math.random().toString(36).slice(2, 8)}:`;
+  afterAll(async () => {
+    const { createClient } = await import("redis");
+    const c = createClient({ url: redisUrl! });
+    await c.connect();
+    for await (const keys of c.scanIterator({ MATCH: `${prefix}*` })) if (keys.length) await c.del(keys);
+    await c.close();
+  });
+  const presenceEnv = (extra: Record<string, string> = {}) => ({
+    DATA_DIR: mkdtempSync(path.join(work, "data-")), JWT_SECRET: "e2e-secret-0123456789-abcdefghijklmnopq", REDIS_URL: redisUrl!, REDIS_KEY_PREFIX: prefix, ...extra,
+  });
+
+  test("a heartbeat sets presence:user:<id> with a TTL of 30–40 s and another client sees presence.update online", async () => {
+    const env = presenceEnv();
+    const run = await start(env);
+    try {
+      const ws = run.url.replace("http", "ws");
+      const observer = await TestSocket.open(`${ws}/ws/city/presence?token=${token(env, "u_watch")}`);
+      await observer.next((f) => f.type === "snapshot");
+      const beater = await TestSocket.open(`${ws}/ws/city/presence?token=${token(env, "u_e2e")}`);
+      await beater.next((f) => f.type === "snapshot");
+      beater.send({ event: "presence.heartbeat", user_id: "u_e2e" });
+      expect(await observer.next((f) => f.event === "presence.update" && f.user_id === "u_e2e")).toEqual({ event: "presence.update", user_id: "u_e2e", status: "online" });
+      const { createClient } = await import("redis");
+      const c = createClient({ url: redisUrl! });
+      await c.connect();
+      try {
+        expect(await c.get(`${prefix}presence:user:u_e2e`)).toBe("online");
+        const ttl = await c.ttl(`${prefix}presence:user:u_e2e`);
+        expect(ttl).toBeGreaterThanOrEqual(30);
+        expect(ttl).toBeLessThanOrEqual(40);
+      } finally {
+        await c.close();
+      }
+    } finally {
+      expect((await stop(run)).code).toBe(0);
+    }
+  }, 30_000);
+
+  test("after heartbeats stop, the other client sees offline exactly once", async () => {
+    const env = presenceEnv({ PRESENCE_TTL_SECONDS: "3" });
+    const run = await start(env);
+    try {
+      const ws = run.url.replace("http", "ws");
+      const observer = await TestSocket.open(`${ws}/ws/city/presence?token=${token(env, "u_watch2")}`);
+      await observer.next((f) => f.type === "snapshot");
+      const beater = await TestSocket.open(`${ws}/ws/city/presence?token=${token(env, "u_leaver")}`);
+      await beater.next((f) => f.type === "snapshot");
+      beater.send({ event: "presence.heartbeat", user_id: "u_leaver" });
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_leaver" && f.status === "online");
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_leaver" && f.status === "offline", 3000 + 5000);
+      await Bun.sleep(1500);
+      expect(observer.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_leaver").map((f) => f.status)).toEqual(["online", "offline"]);
+    } finally {
+      expect((await stop(run)).code).toBe(0);
+    }
+  }, 30_000);
+
+  test("two binaries on one Redis, one user connected to each: both report the same room counts", async () => {
+    const shared = { NATS_URL: process.env.NATS_URL ?? "", NATS_SUBJECT_PREFIX: `t_${Math.random().toString(36).slice(2, 8)}`, PRESENCE_SWEEP_MS: "200" };
+    const envA = presenceEnv(shared);
+    const envB = presenceEnv(shared);
+    const [a, b] = [await start(envA), await start(envB)];
+    const opened: TestSocket[] = [];
+    try {
+      for (const [run, env, user] of [[a, envA, "u_on_a"], [b, envB, "u_on_b"]] as const) {
+        const ws = run.url.replace("http", "ws");
+        const p = await TestSocket.open(`${ws}/ws/city/presence?token=${token(env, user)}`);
+        await p.next((f) => f.type === "snapshot");
+        p.send({ event: "presence.heartbeat", user_id: user });
+        opened.push(p, await TestSocket.open(`${ws}/ws/city/rooms/room_city_general?token=${token(env, user)}`));
+      }
+      const count = async (url: string) => ((await (await fetch(`${url}/city/rooms`)).json()) as any[]).find((r) => r.id === "room_city_general").members_online;
+      const end = Date.now() + 5000;
+      while ((await count(a.url)) !== 2 || (await count(b.url)) !== 2) {
+        if (Date.now() > end) break;
+        await Bun.sleep(100);
+      }
+      expect([await count(a.url), await count(b.url)]).toEqual([2, 2]);
+    } finally {
+      for (const s of opened) s.close();
+      expect((await stop(a)).code).toBe(0);
+      expect((await stop(b)).code).toBe(0);
+    }
+  }, 30_000);
+});
