@@ -9,11 +9,14 @@ import type { Logger } from "./log.ts";
 import { cityController } from "./modules/city/index.ts";
 import type { CityService } from "./modules/city/service.ts";
 import { opsController, type ReadinessReport } from "./modules/ops/index.ts";
+import { secondmeController } from "./modules/secondme/index.ts";
+import type { SecondMeService } from "./modules/secondme/service.ts";
 import { errorPlugin } from "./plugins/errors.ts";
 import { metricsController, type CityMetrics } from "./plugins/metrics.ts";
 
 export interface AppDeps {
   city: CityService;
+  secondme: SecondMeService;
   verifier: TokenVerifier;
   readiness: () => Promise<ReadinessReport>;
   log: Logger;
@@ -35,7 +38,8 @@ export function createApp(deps: AppDeps) {
     )
     .use(opsController(deps.readiness))
     .use(metricsController(deps.metrics))
-    .use(cityController(deps.city, deps.verifier));
+    .use(cityController(deps.city, deps.verifier))
+    .use(secondmeController(deps.secondme, deps.verifier));
 }
 
 export type App = ReturnType<typeof createApp>;

@@ -21,6 +21,8 @@ import { RateLimiter } from "./engine/ratelimit.ts";
 import type { SocketData, SocketRoute } from "./engine/sockets.ts";
 import type { Logger } from "./log.ts";
 import { CityService } from "./modules/city/service.ts";
+import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./modules/secondme/agents.ts";
+import { SecondMeService } from "./modules/secondme/service.ts";
 import { roomSocketRoute } from "./modules/city/socket.ts";
 import type { ReadinessReport } from "./modules/ops/index.ts";
 import { PresenceService } from "./modules/presence/service.ts";
@@ -127,6 +129,18 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const city = new CityService({
       store, hub, broker, occupancy, writeLimiter, clock, log, onRoomCreated: () => presenceService.roomsChanged(), onPublished: (n) => metrics.messages.inc(n),
     });
+    const agents =
+      config.agentsTransport === "off"
+        ? null
+        : new AgentsClient(
+            config.agentsTransport === "http" ? new HttpAgentsTransport(config.agentsServiceUrl!) : new NatsAgentsTransport(broker, config.agentsInvokeSubject),
+            config.secondmeTimeoutMs,
+            log,
+          );
+    const secondme = new SecondMeService({
+      store, agents, agentId: config.secondmeAgentId, contextMessages: config.secondmeContextMessages, clock, log,
+      limiter: new RateLimiter({ ratePerSecond: config.secondmeRatePerMinute / 60, burst: Math.max(1, config.secondmeRatePerMinute), clock }),
+    });
     const created = await city.ensureDefaultRooms(config.defaultRooms);
     if (created.length) log.info("city: default rooms created", { slugs: created });
 
@@ -146,7 +160,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       return { status, engines };
     };
 
-    const app = createApp({ city, verifier, readiness, log, version: VERSION, metrics });
+    const app = createApp({ city, secondme, verifier, readiness, log, version: VERSION, metrics });
     const routes = [
       roomSocketRoute({
         city, hub, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,

@@ -51,6 +51,18 @@ export interface Config {
   typingTtlSeconds: number;
   /** `presence.update` goes out only while at most this many local sockets listen for it (storm guard). */
   presenceUpdatesMaxAudience: number;
+  /** Agents Core over HTTP: base URL of `POST /agents/{id}/invoke`. */
+  agentsServiceUrl: string | null;
+  /** How Second Me reaches Agents Core; `off` answers 503. */
+  agentsTransport: "http" | "nats" | "off";
+  /** NATS request subject for the `nats` transport (seed 000 §7: `agents.invoke`). */
+  agentsInvokeSubject: string;
+  secondmeAgentId: string;
+  secondmeTimeoutMs: number;
+  /** Messages of the conversation given to the agent with each prompt. */
+  secondmeContextMessages: number;
+  /** Invokes per user per minute; 0 = no limit. */
+  secondmeRatePerMinute: number;
   /** Largest socket frame accepted, bytes; larger ones get `frame_too_large` and close 1009. */
   wsMaxFrameBytes: number;
   /** Send buffer per socket, bytes, above which a socket counts as a slow consumer. */
@@ -220,6 +232,32 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     parse: int(0, 1_000_000),
   },
   { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
+  {
+    env: "AGENTS_SERVICE_URL", key: "agentsServiceUrl", type: "http(s) URL",
+    doc: "Agents Core base URL; Second Me calls `POST {AGENTS_SERVICE_URL}/agents/{SECONDME_AGENT_ID}/invoke`. Unset (and no AGENTS_TRANSPORT): Second Me answers 503.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  {
+    env: "AGENTS_TRANSPORT", key: "agentsTransport", type: "http, nats or off", fallback: "",
+    doc: "How Second Me reaches Agents Core. Empty: `http` when AGENTS_SERVICE_URL is set, else `off`. `nats`: request/reply on AGENTS_INVOKE_SUBJECT (needs NATS_URL).",
+    parse: (r, env) => {
+      const v = (r ?? "").trim();
+      return v === "" ? ("auto" as never) : oneOf(["http", "nats", "off"] as const)(v, env);
+    },
+  },
+  {
+    env: "AGENTS_INVOKE_SUBJECT", key: "agentsInvokeSubject", type: "subject", fallback: "agents.invoke",
+    doc: "NATS subject of `{event:\"agents.invoke\", agent_id, payload:{input, user_id, source}}` requests (seed 000 §7).",
+    parse: (r, env) => {
+      const v = (r ?? "").trim();
+      if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(v)) return fail(env, "must be dot-separated tokens of [A-Za-z0-9_-]", v);
+      return v;
+    },
+  },
+  { env: "SECONDME_AGENT_ID", key: "secondmeAgentId", type: "string", fallback: "ag_secondme_global", doc: "The Second Me agent in Agents Core (seed 001).", parse: (r) => (r ?? "").trim() || "ag_secondme_global" },
+  { env: "SECONDME_TIMEOUT_MS", key: "secondmeTimeoutMs", type: "integer 100..600000", fallback: "30000", doc: "How long an invoke waits for Agents Core; no retry after a timeout.", parse: int(100, 600_000) },
+  { env: "SECONDME_CONTEXT_MESSAGES", key: "secondmeContextMessages", type: "integer 0..100", fallback: "10", doc: "Earlier messages of the conversation sent to the agent with each prompt (seed 001: 10).", parse: int(0, 100) },
+  { env: "SECONDME_RATE_PER_MINUTE", key: "secondmeRatePerMinute", type: "integer 0..10000", fallback: "10", doc: "Invokes per user per minute; over it: 429 with Retry-After. 0 = no limit.", parse: int(0, 10_000) },
   { env: "WS_MAX_FRAME_BYTES", key: "wsMaxFrameBytes", type: "integer 1024..1048576", fallback: "32768", doc: "Largest socket frame accepted; larger frames get `frame_too_large` and close 1009.", parse: int(1024, 1_048_576) },
   {
     env: "WS_MAX_BUFFERED_BYTES", key: "wsMaxBufferedBytes", type: "integer 16384..268435456", fallback: "1048576",
@@ -252,7 +290,12 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const given = raw === undefined || raw === "" ? f.fallback : raw;
     out[f.key] = (f.parse as (r: string | undefined, e: string) => unknown)(given, f.env);
   }
-  return out as Config;
+  const c = out as Config;
+  // Settings that depend on each other.
+  if ((c.agentsTransport as string) === "auto") c.agentsTransport = c.agentsServiceUrl ? "http" : "off";
+  if (c.agentsTransport === "http" && !c.agentsServiceUrl) throw new ConfigError("config: AGENTS_TRANSPORT=http needs AGENTS_SERVICE_URL");
+  if (c.agentsTransport === "nats" && !c.natsUrl) throw new ConfigError("config: AGENTS_TRANSPORT=nats needs NATS_URL");
+  return c;
 }
 
 /** The declared variables, for the README table and its test: `[env, type, default, doc]`. */

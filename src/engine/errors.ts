@@ -27,6 +27,16 @@ export const ERROR_STATUS = {
   store_unavailable: 503,
   /** The server is shutting down and takes no new work. */
   shutting_down: 503,
+  /** Second Me has no Agents Core configured (AGENTS_SERVICE_URL / AGENTS_TRANSPORT). */
+  agents_core_not_configured: 503,
+  /** Agents Core could not be reached (connection refused or reset, nobody on the subject), after one retry. */
+  agents_core_unreachable: 502,
+  /** Agents Core answered with an HTTP error status. */
+  agents_core_error: 502,
+  /** Agents Core did not answer within SECONDME_TIMEOUT_MS (not retried: the agent may still be working). */
+  agents_core_timeout: 504,
+  /** Agents Core answered something that is not JSON or has no non-empty `reply`, `output` or `text`. */
+  bad_agent_reply: 502,
   /** A bug on our side; the log has the details. */
   internal: 500,
   // WebSocket-only codes (sent in error frames; the status is what an HTTP twin would use).

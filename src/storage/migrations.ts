@@ -4,7 +4,9 @@
  * `migrations/<dialect>/` and list it here; `test/unit/migrations.test.ts` fails when the two differ.
  */
 import pg0001 from "../../migrations/postgres/0001_city.sql" with { type: "text" };
+import pg0002 from "../../migrations/postgres/0002_secondme_status.sql" with { type: "text" };
 import lite0001 from "../../migrations/sqlite/0001_city.sql" with { type: "text" };
+import lite0002 from "../../migrations/sqlite/0002_secondme_status.sql" with { type: "text" };
 
 /** One migration: `version` is the file name without `.sql` (e.g. `0001_city`); applied in version order. */
 export interface Migration {
@@ -12,8 +14,14 @@ export interface Migration {
   sql: string;
 }
 
-export const POSTGRES_MIGRATIONS: Migration[] = [{ version: "0001_city", sql: pg0001 }];
-export const SQLITE_MIGRATIONS: Migration[] = [{ version: "0001_city", sql: lite0001 }];
+export const POSTGRES_MIGRATIONS: Migration[] = [
+  { version: "0001_city", sql: pg0001 },
+  { version: "0002_secondme_status", sql: pg0002 },
+];
+export const SQLITE_MIGRATIONS: Migration[] = [
+  { version: "0001_city", sql: lite0001 },
+  { version: "0002_secondme_status", sql: lite0002 },
+];
 
 /** A short, stable fingerprint of a migration's text, recorded when applied to detect later edits. */
 export function checksum(sql: string): string {

@@ -5,7 +5,9 @@
  */
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
-import type { FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, Store } from "./store.ts";
+import type {
+  FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+} from "./store.ts";
 
 export interface PostgresStoreOptions {
   url: string;
@@ -110,6 +112,59 @@ export class PostgresStore implements Store {
 
   async listRoomMatrixMappings(): Promise<RoomMatrixMapping[]> {
     return [...(await this.sql<RoomMatrixMapping[]>`select id, slug, matrix_room_id, matrix_room_alias from city_rooms order by slug`)];
+  }
+
+  async secondmeSession(userId: string, fresh: { id: string; created_at: string }): Promise<string> {
+    const [row] = await this.sql<{ id: string }[]>`
+      with existing as (select id from secondme_sessions where user_id = ${userId} order by id desc limit 1),
+      created as (
+        insert into secondme_sessions (id, user_id, created_at)
+        select ${fresh.id}, ${userId}, ${fresh.created_at} where not exists (select 1 from existing)
+        returning id
+      )
+      select id from existing union all select id from created`;
+    return row!.id;
+  }
+
+  async appendSecondmeMessage(m: SecondmeMessage): Promise<void> {
+    await this.sql`
+      insert into secondme_messages (id, session_id, user_id, role, content, tokens_used, latency_ms, status, error, created_at)
+      values (${m.id}, ${m.session_id}, ${m.user_id}, ${m.role}, ${m.content}, ${m.tokens_used}, ${m.latency_ms}, ${m.status}, ${m.error}, ${m.created_at})`;
+  }
+
+  async setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): Promise<void> {
+    await this.sql`update secondme_messages set status = ${status}, error = ${error} where id = ${messageId}`;
+  }
+
+  async listSecondmeMessages(userId: string, limit: number): Promise<SecondmeMessage[]> {
+    const rows = await this.sql<(Omit<SecondmeMessage, "created_at"> & { created_at: Ts })[]>`
+      select id, session_id, user_id, role, content, tokens_used, latency_ms, status, error, created_at
+      from secondme_messages where user_id = ${userId} order by id desc limit ${limit}`;
+    return rows.reverse().map((r) => ({ ...r, created_at: iso(r.created_at) }));
+  }
+
+  async secondmeStats(userId: string): Promise<SecondmeStats> {
+    const [row] = await this.sql<{ sessions: string; messages: string; total_tokens: string; avg_latency_ms: string | null; last_interaction: Ts | null }[]>`
+      select (select count(*) from secondme_sessions where user_id = ${userId}) as sessions, count(*) as messages,
+             coalesce(sum(tokens_used), 0) as total_tokens,
+             avg(latency_ms) filter (where role = 'assistant') as avg_latency_ms,
+             max(created_at) as last_interaction
+      from secondme_messages where user_id = ${userId}`;
+    return {
+      sessions: Number(row!.sessions),
+      messages: Number(row!.messages),
+      total_tokens: Number(row!.total_tokens),
+      avg_latency_ms: row!.avg_latency_ms === null ? null : Math.round(Number(row!.avg_latency_ms)),
+      last_interaction: isoOrNull(row!.last_interaction),
+    };
+  }
+
+  async clearSecondme(userId: string): Promise<number> {
+    return this.sql.begin(async (tx) => {
+      const deleted = await tx`delete from secondme_messages where user_id = ${userId}`;
+      await tx`delete from secondme_sessions where user_id = ${userId}`;
+      return deleted.count;
+    });
   }
 
   async close(): Promise<void> {

@@ -1,8 +1,8 @@
 /**
  * The SQLite writer thread: owns the one write connection of the embedded store, so commits (and
  * their fsyncs under `synchronous = FULL`) never stall the event loop that fans messages out.
- * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: "append" | "createRoom", … }`
- * answered by `{ id, ok: true, result }` or `{ id, ok: false, error }`.
+ * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: <a SqliteWrites method>, args }`
+ * answered by `{ id, ok: true, result }` or `{ id, ok: false, error }`; `{ id, op: "close" }` last.
  */
 import { Database } from "bun:sqlite";
 import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";
@@ -28,7 +28,9 @@ self.onmessage = (e: MessageEvent) => {
   }
   try {
     if (!writes) throw new Error("sqlite writer: not open");
-    const result = m.op === "append" ? writes.appendMessages(m.batch) : writes.createRoom(m.room, m.seed);
+    const fn = writes[m.op as keyof SqliteWrites] as ((...args: unknown[]) => unknown) | undefined;
+    if (!fn) throw new Error(`sqlite writer: unknown op ${m.op}`);
+    const result = fn(...m.args);
     self.postMessage({ id: m.id, ok: true, result });
   } catch (err) {
     self.postMessage({ id: m.id, ok: false, error: (err as Error).message });

@@ -3,7 +3,7 @@
  * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
  */
 import type { Database } from "bun:sqlite";
-import type { FeedEvent, Message, MessageWrite, Room } from "./store.ts";
+import type { FeedEvent, Message, MessageWrite, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
 /** Opens the pragmas every connection to the city database uses. */
 export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
@@ -13,10 +13,17 @@ export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"
   db.exec("PRAGMA busy_timeout = 5000");
 }
 
+/** Every write of the embedded store; the writer thread runs them by name (`op`). */
 export interface SqliteWrites {
   appendMessages(batch: MessageWrite[]): void;
   createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): boolean;
+  secondmeSession(userId: string, fresh: { id: string; created_at: string }): string;
+  appendSecondmeMessage(m: SecondmeMessage): void;
+  setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): void;
+  clearSecondme(userId: string): number;
 }
+
+export type SqliteWriteOp = keyof SqliteWrites;
 
 export function sqliteWrites(db: Database): SqliteWrites {
   const insertMessage = (m: Message) =>
@@ -46,5 +53,31 @@ export function sqliteWrites(db: Database): SqliteWrites {
     for (const e of seed.events) insertEvent(e);
     return true;
   });
-  return { appendMessages: (b) => append(b), createRoom: (r, s) => create(r, s) };
+  const session = db.transaction((userId: string, fresh: { id: string; created_at: string }) => {
+    const row = db.query<{ id: string }, [string]>("select id from secondme_sessions where user_id = ? order by id desc limit 1").get(userId);
+    if (row) return row.id;
+    db.query("insert into secondme_sessions (id, user_id, created_at) values (?, ?, ?)").run(fresh.id, userId, fresh.created_at);
+    return fresh.id;
+  });
+  const clear = db.transaction((userId: string) => {
+    const n = db.query<{ n: number }, [string]>("select count(*) as n from secondme_messages where user_id = ?").get(userId)!.n;
+    db.query("delete from secondme_messages where user_id = ?").run(userId);
+    db.query("delete from secondme_sessions where user_id = ?").run(userId);
+    return n;
+  });
+  return {
+    appendMessages: (b) => append(b),
+    createRoom: (r, seed) => create(r, seed),
+    secondmeSession: (u, fresh) => session(u, fresh),
+    appendSecondmeMessage: (m) => {
+      db.query(
+        `insert into secondme_messages (id, session_id, user_id, role, content, tokens_used, latency_ms, status, error, created_at)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(m.id, m.session_id, m.user_id, m.role, m.content, m.tokens_used, m.latency_ms, m.status, m.error, m.created_at);
+    },
+    setSecondmeStatus: (id, status, error) => {
+      db.query("update secondme_messages set status = ?, error = ? where id = ?").run(status, error, id);
+    },
+    clearSecondme: (u) => clear(u),
+  };
 }

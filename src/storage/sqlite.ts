@@ -11,8 +11,10 @@ import { Database } from "bun:sqlite";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
-import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";
-import type { FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, Store } from "./store.ts";
+import { configureConnection, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
+import type {
+  FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+} from "./store.ts";
 
 interface RoomRow extends Omit<Room, "is_default"> {
   is_default: number;
@@ -34,7 +36,7 @@ export class SqliteStore implements Store {
   readonly engine = "sqlite" as const;
   private readonly db: Database;
   private readonly migrations: Migration[];
-  private readonly writer: WriterThread | SqliteWrites;
+  private readonly writer: Writer;
   private closed = false;
 
   constructor(opts: SqliteStoreOptions) {
@@ -43,7 +45,7 @@ export class SqliteStore implements Store {
     this.db = new Database(opts.file, { create: true, strict: true });
     configureConnection(this.db, synchronous);
     this.migrations = opts.migrations ?? SQLITE_MIGRATIONS;
-    this.writer = opts.file === ":memory:" ? sqliteWrites(this.db) : new WriterThread(opts.file, synchronous);
+    this.writer = opts.file === ":memory:" ? inline(sqliteWrites(this.db)) : new WriterThread(opts.file, synchronous);
   }
 
   async migrate(): Promise<string[]> {
@@ -96,11 +98,11 @@ export class SqliteStore implements Store {
   }
 
   async createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
-    return this.writer.createRoom(room, seed);
+    return this.writer.run("createRoom", room, seed);
   }
 
   async appendMessages(batch: MessageWrite[]): Promise<void> {
-    await this.writer.appendMessages(batch);
+    await this.writer.run("appendMessages", batch);
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
@@ -129,12 +131,62 @@ export class SqliteStore implements Store {
       .all();
   }
 
+  secondmeSession(userId: string, fresh: { id: string; created_at: string }): Promise<string> {
+    return this.writer.run("secondmeSession", userId, fresh);
+  }
+
+  async appendSecondmeMessage(m: SecondmeMessage): Promise<void> {
+    await this.writer.run("appendSecondmeMessage", m);
+  }
+
+  async setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): Promise<void> {
+    await this.writer.run("setSecondmeStatus", messageId, status, error);
+  }
+
+  async listSecondmeMessages(userId: string, limit: number): Promise<SecondmeMessage[]> {
+    return this.db
+      .query<SecondmeMessage, [string, number]>("select * from secondme_messages where user_id = ? order by id desc limit ?")
+      .all(userId, limit)
+      .reverse();
+  }
+
+  async secondmeStats(userId: string): Promise<SecondmeStats> {
+    const row = this.db
+      .query<SecondmeStats, [string, string]>(
+        `select (select count(*) from secondme_sessions where user_id = ?1) as sessions, count(*) as messages,
+                coalesce(sum(tokens_used), 0) as total_tokens,
+                avg(case when role = 'assistant' then latency_ms end) as avg_latency_ms,
+                max(created_at) as last_interaction
+         from secondme_messages where user_id = ?2`,
+      )
+      .get(userId, userId)!;
+    return { ...row, avg_latency_ms: row.avg_latency_ms === null ? null : Math.round(row.avg_latency_ms) };
+  }
+
+  clearSecondme(userId: string): Promise<number> {
+    return this.writer.run("clearSecondme", userId);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.writer instanceof WriterThread) await this.writer.close();
+    await this.writer.close();
     this.db.close();
   }
+}
+
+/** Runs a write by name, on the writer thread or inline. */
+interface Writer {
+  run<K extends SqliteWriteOp>(op: K, ...args: Parameters<SqliteWrites[K]>): Promise<ReturnType<SqliteWrites[K]>>;
+  close(): Promise<void>;
+}
+
+/** Writes on this thread (`:memory:` only). */
+function inline(writes: SqliteWrites): Writer {
+  return {
+    run: async (op, ...args) => (writes[op] as (...a: unknown[]) => never)(...args),
+    close: async () => {},
+  };
 }
 
 /**
@@ -148,7 +200,7 @@ const WORKER_SPECIFIER = import.meta.url.includes("/$bunfs/")
   : new URL("./sqlite-writer.worker.ts", import.meta.url).href;
 
 /** The main thread's handle on the writer thread: one request, one reply, in order. */
-class WriterThread {
+class WriterThread implements Writer {
   private readonly worker: Worker;
   private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
   private nextId = 1;
@@ -168,12 +220,8 @@ class WriterThread {
     this.worker.postMessage({ op: "open", file, synchronous });
   }
 
-  appendMessages(batch: MessageWrite[]): Promise<void> {
-    return this.call({ op: "append", batch }) as Promise<void>;
-  }
-
-  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
-    return this.call({ op: "createRoom", room, seed }) as Promise<boolean>;
+  run<K extends SqliteWriteOp>(op: K, ...args: Parameters<SqliteWrites[K]>): Promise<ReturnType<SqliteWrites[K]>> {
+    return this.call({ op, args }) as Promise<ReturnType<SqliteWrites[K]>>;
   }
 
   async close(): Promise<void> {

@@ -64,6 +64,35 @@ export interface MessageWrite {
   event: FeedEvent;
 }
 
+export type SecondmeRole = "user" | "assistant";
+/** `pending` while the agent works, `answered` or `unanswered` after; assistant messages are `answered`. */
+export type SecondmeStatus = "pending" | "answered" | "unanswered";
+
+/** A Second Me message (seed 000 §2.4, with seed 001's tokens and latency). */
+export interface SecondmeMessage {
+  id: string;
+  session_id: string;
+  user_id: string;
+  role: SecondmeRole;
+  content: string;
+  tokens_used: number | null;
+  latency_ms: number | null;
+  status: SecondmeStatus;
+  /** Why a prompt went unanswered (an error code), else null. */
+  error: string | null;
+  created_at: string;
+}
+
+/** A user's Second Me numbers (seed 001 `get_user_stats`). */
+export interface SecondmeStats {
+  sessions: number;
+  messages: number;
+  total_tokens: number;
+  /** Mean agent latency over answered prompts, ms; null before the first answer. */
+  avg_latency_ms: number | null;
+  last_interaction: string | null;
+}
+
 /** Which messages of a room to read. Results are always oldest-first. */
 export interface MessageQuery {
   /** Only messages with an id lower than this one (paging back in history). */
@@ -109,6 +138,28 @@ export interface Store {
 
   /** Every room's Matrix mapping, ordered by slug (seed 003 `GET /internal/city/rooms`). */
   listRoomMatrixMappings(): Promise<RoomMatrixMapping[]>;
+
+  // ---- Second Me (seed 001 repository) ----
+
+  /**
+   * The user's active session: the latest one, or `fresh` created now when there is none.
+   * @returns the session id
+   */
+  secondmeSession(userId: string, fresh: { id: string; created_at: string }): Promise<string>;
+
+  /** Appends a message to its session. */
+  appendSecondmeMessage(m: SecondmeMessage): Promise<void>;
+
+  /** Marks a prompt answered or unanswered (with the error code). */
+  setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): Promise<void>;
+
+  /** The user's latest `limit` messages, oldest-first. */
+  listSecondmeMessages(userId: string, limit: number): Promise<SecondmeMessage[]>;
+
+  secondmeStats(userId: string): Promise<SecondmeStats>;
+
+  /** Deletes the user's sessions and messages. @returns messages deleted */
+  clearSecondme(userId: string): Promise<number>;
 
   /** Releases connections / the file handle. Idempotent. */
   close(): Promise<void>;

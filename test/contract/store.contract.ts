@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { IdGenerator } from "../../src/ids.ts";
-import type { FeedEvent, Message, Room, Store } from "../../src/storage/store.ts";
+import type { FeedEvent, Message, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
 
 export interface StoreHarness {
   /** A fresh, empty, unmigrated store. */
@@ -61,7 +61,7 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
     });
 
     test("migrate applies every version once and is a no-op the second time", async () => {
-      expect(await store.migrate()).toEqual(["0001_city"]);
+      expect(await store.migrate()).toEqual(["0001_city", "0002_secondme_status"]);
       expect(await store.migrate()).toEqual([]);
       await store.ping();
     });
@@ -158,6 +158,41 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
       expect((await store.listMessages(r.id, { limit: 1 }))[0]!.body).toBe(body);
       const ev = (await store.listFeed({ limit: 1 }))[0]!;
       expect(ev.payload.body).toBe(body);
+    });
+
+    test("Second Me: one active session per user, messages in order, status, stats, clear", async () => {
+      const at = () => new Date(tick()).toISOString();
+      const s1 = await store.secondmeSession("u_sm", { id: ids.make("secondmeSession", tick()), created_at: at() });
+      expect(await store.secondmeSession("u_sm", { id: ids.make("secondmeSession", tick()), created_at: at() })).toBe(s1);
+      const other = await store.secondmeSession("u_other", { id: ids.make("secondmeSession", tick()), created_at: at() });
+      expect(other).not.toBe(s1);
+      const msg = (role: "user" | "assistant", content: string, extra: Partial<SecondmeMessage> = {}): SecondmeMessage => {
+        const now = tick();
+        return {
+          id: ids.make("secondmeMessage", now), session_id: s1, user_id: "u_sm", role, content, tokens_used: null, latency_ms: null,
+          status: role === "user" ? "pending" : "answered", error: null, created_at: new Date(now).toISOString(), ...extra,
+        };
+      };
+      const q1 = msg("user", "привіт?");
+      const a1 = msg("assistant", "Вітаю!", { tokens_used: 42, latency_ms: 120 });
+      const q2 = msg("user", "ще раз");
+      for (const m of [q1, a1, q2]) await store.appendSecondmeMessage(m);
+      await store.setSecondmeStatus(q1.id, "answered", null);
+      await store.setSecondmeStatus(q2.id, "unanswered", "agents_core_timeout");
+      const history = await store.listSecondmeMessages("u_sm", 10);
+      expect(history.map((m) => [m.role, m.content, m.status, m.error])).toEqual([
+        ["user", "привіт?", "answered", null],
+        ["assistant", "Вітаю!", "answered", null],
+        ["user", "ще раз", "unanswered", "agents_core_timeout"],
+      ]);
+      expect(history[1]).toEqual(a1);
+      expect((await store.listSecondmeMessages("u_sm", 2)).map((m) => m.content)).toEqual(["Вітаю!", "ще раз"]);
+      expect(await store.secondmeStats("u_sm")).toEqual({ sessions: 1, messages: 3, total_tokens: 42, avg_latency_ms: 120, last_interaction: q2.created_at });
+      expect(await store.secondmeStats("u_nobody")).toEqual({ sessions: 0, messages: 0, total_tokens: 0, avg_latency_ms: null, last_interaction: null });
+      expect(await store.clearSecondme("u_sm")).toBe(3);
+      expect(await store.listSecondmeMessages("u_sm", 10)).toEqual([]);
+      expect((await store.secondmeStats("u_sm")).sessions).toBe(0);
+      expect(await store.secondmeSession("u_other", { id: "smsess_unused", created_at: at() })).toBe(other);
     });
 
     test("listRoomMatrixMappings returns every room's mapping by slug", async () => {

@@ -51,3 +51,14 @@ describe("loadConfig", () => {
     }
   });
 });
+
+describe("loadConfig: settings that depend on each other", () => {
+  test("Agents Core transport follows AGENTS_SERVICE_URL unless chosen", () => {
+    expect(loadConfig({}).agentsTransport).toBe("off");
+    expect(loadConfig({ AGENTS_SERVICE_URL: "http://agents:7002" }).agentsTransport).toBe("http");
+    expect(loadConfig({ AGENTS_TRANSPORT: "nats", NATS_URL: "nats://n:4222" }).agentsTransport).toBe("nats");
+    expect(() => loadConfig({ AGENTS_TRANSPORT: "nats" })).toThrow(new ConfigError("config: AGENTS_TRANSPORT=nats needs NATS_URL"));
+    expect(() => loadConfig({ AGENTS_TRANSPORT: "http" })).toThrow(new ConfigError("config: AGENTS_TRANSPORT=http needs AGENTS_SERVICE_URL"));
+    expect(() => loadConfig({ AGENTS_SERVICE_URL: "ftp://x" })).toThrow("config: AGENTS_SERVICE_URL must be a URL (http: or https:)");
+  });
+});

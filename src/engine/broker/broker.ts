@@ -25,6 +25,14 @@ export interface Broker {
   subscribe(pattern: string, handler: (subject: string, payload: string) => void): () => void;
   /** Resolves when everything published so far has reached the broker (a round trip). */
   flush(): Promise<void>;
+  /**
+   * Request/reply with a service outside the city (seed 000 §7: Agents Core on `agents.invoke`).
+   * @returns the reply payload
+   * @throws BrokerRequestError `timeout` (no reply in time), `no_responders` (nobody listens),
+   *   `disconnected` (no connection), or `not_available` (the in-process broker cannot reach
+   *   other services)
+   */
+  request(subject: string, payload: string, timeoutMs: number): Promise<string>;
   /** `up` when publications flow; `down` while disconnected (they are dropped meanwhile). */
   state(): "up" | "down";
   /** Ends subscriptions and the connection. Idempotent. */
@@ -41,4 +49,15 @@ export function subjectMatches(pattern: string, subject: string): boolean {
     if (p[i] !== "*" && p[i] !== s[i]) return false;
   }
   return p.length === s.length;
+}
+
+/** Why a {@link Broker.request} failed. */
+export class BrokerRequestError extends Error {
+  constructor(
+    readonly kind: "timeout" | "no_responders" | "disconnected" | "not_available",
+    message: string,
+  ) {
+    super(message);
+    this.name = "BrokerRequestError";
+  }
 }

@@ -4,7 +4,7 @@
  * nodes on one {@link MemoryNetwork} act like instances on one NATS, which lets tests run two
  * city instances in one process.
  */
-import { subjectMatches, type Broker } from "./broker.ts";
+import { BrokerRequestError, subjectMatches, type Broker } from "./broker.ts";
 
 type Handler = (subject: string, payload: string) => void;
 
@@ -47,6 +47,11 @@ export class MemoryBroker implements Broker {
 
   state(): "up" | "down" {
     return this.closed ? "down" : "up";
+  }
+
+  /** Not available: an in-process broker reaches no service outside this process. */
+  async request(subject: string): Promise<string> {
+    throw new BrokerRequestError("not_available", `request on ${subject} needs NATS (set NATS_URL)`);
   }
 
   async close(): Promise<void> {

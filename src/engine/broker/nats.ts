@@ -4,9 +4,9 @@
  * it is disconnected publications are buffered by the client up to its reconnect buffer and
  * dropped beyond it (at most once, like the contract says).
  */
-import { connect, Events, type NatsConnection, type Subscription } from "nats";
+import { connect, ErrorCode, Events, type NatsConnection, type NatsError, type Subscription } from "nats";
 import type { Logger } from "../../log.ts";
-import type { Broker } from "./broker.ts";
+import { BrokerRequestError, type Broker } from "./broker.ts";
 
 export interface NatsBrokerOptions {
   /** One URL or several separated by commas. */
@@ -90,6 +90,20 @@ export class NatsBroker implements Broker {
 
   state(): "up" | "down" {
     return this.nc && !this.nc.isClosed() && this.connected ? "up" : "down";
+  }
+
+  async request(subject: string, payload: string, timeoutMs: number): Promise<string> {
+    const nc = this.nc;
+    if (!nc || nc.isClosed() || !this.connected) throw new BrokerRequestError("disconnected", "nats: not connected");
+    try {
+      const msg = await nc.request(this.prefix + subject, payload, { timeout: timeoutMs });
+      return msg.string();
+    } catch (err) {
+      const code = (err as NatsError).code;
+      if (code === ErrorCode.Timeout) throw new BrokerRequestError("timeout", `nats: no reply on ${subject} within ${timeoutMs} ms`);
+      if (code === ErrorCode.NoResponders) throw new BrokerRequestError("no_responders", `nats: nobody listens on ${subject}`);
+      throw new BrokerRequestError("disconnected", `nats: request on ${subject} failed: ${(err as Error).message}`);
+    }
   }
 
   async close(): Promise<void> {
