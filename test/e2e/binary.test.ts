@@ -254,3 +254,32 @@ describe.skipIf(!redisUrl)("compiled binary: presence on Redis", () => {
     }
   }, 30_000);
 });
+
+describe("compiled binary: Second Me", () => {
+  test("with AGENTS_SERVICE_URL set, invoke returns the agent's reply and history shows it", async () => {
+    const agent = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      async fetch(req) {
+        const body = (await req.json()) as { input: string; context: { user_id: string } };
+        return Response.json({ reply: `Привіт, ${body.context.user_id}: ${body.input}` });
+      },
+    });
+    const env = { DATA_DIR: mkdtempSync(path.join(work, "data-")), AGENTS_SERVICE_URL: `http://127.0.0.1:${agent.port}` };
+    const run = await start(env);
+    try {
+      const auth = { authorization: `Bearer ${token(env, "u_me")}`, "content-type": "application/json" };
+      const res = await fetch(`${run.url}/secondme/invoke`, { method: "POST", headers: auth, body: JSON.stringify({ prompt: "хто я?" }) });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as any).reply).toBe("Привіт, u_me: хто я?");
+      const history = (await (await fetch(`${run.url}/secondme/history`, { headers: auth })).json()) as any[];
+      expect(history.map((h) => [h.role, h.content])).toEqual([
+        ["user", "хто я?"],
+        ["assistant", "Привіт, u_me: хто я?"],
+      ]);
+    } finally {
+      expect((await stop(run)).code).toBe(0);
+      agent.stop(true);
+    }
+  }, 30_000);
+});
