@@ -5,6 +5,8 @@
  * then dispatches every socket event to the route that opened the socket.
  */
 import type { ServerWebSocket } from "bun";
+import { CLOSE } from "./errors.ts";
+import { decodeFrame, encodeError, type ClientFrame } from "./protocol.ts";
 
 /** Data every socket carries: which route owns it. */
 export interface SocketData {
@@ -37,4 +39,23 @@ export function frameTooLarge(raw: string | Buffer, limit: number): boolean {
 /** Reads the bearer token of an upgrade: `?token=` (browsers cannot set headers) or `Authorization`. */
 export function upgradeToken(req: Request, url: URL): { query: string | null; header: string | null } {
   return { query: url.searchParams.get("token"), header: req.headers.get("authorization") };
+}
+
+/**
+ * Reads a client frame. An oversize frame gets `frame_too_large` and the socket is closed with
+ * 1009; a frame that is not a JSON object with an `event` gets an `error` frame (socket stays open).
+ * @returns the frame, or `null` when it was refused
+ */
+export function readFrame(ws: ServerWebSocket<unknown>, raw: string | Buffer, maxBytes: number): ClientFrame | null {
+  if (frameTooLarge(raw, maxBytes)) {
+    ws.send(encodeError("frame_too_large", `frames are limited to ${maxBytes} bytes`));
+    ws.close(CLOSE.frameTooLarge, "frame too large");
+    return null;
+  }
+  const f = decodeFrame(raw);
+  if (!f.ok) {
+    ws.send(encodeError(f.code, f.message));
+    return null;
+  }
+  return f.frame;
 }

@@ -4,7 +4,7 @@ import { systemClock } from "../../src/clock.ts";
 import { PresenceManager } from "../../src/engine/presence/presence.ts";
 import { RedisPresenceBackend } from "../../src/engine/presence/redis.ts";
 import { silentLogger } from "../../src/log.ts";
-import { engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { presenceContract, TTL_MS, TYPING_TTL_MS } from "./presence.contract.ts";
 
 const url = engineUrl("REDIS_URL", "Presence contract: redis");
@@ -22,12 +22,7 @@ async function instance(ttlMs = TTL_MS): Promise<PresenceManager> {
 
 async function cleanup(): Promise<void> {
   for (const m of managers) await m.close();
-  const c = createClient({ url: url! });
-  await c.connect();
-  const keys: string[] = [];
-  for await (const batch of c.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) keys.push(...batch);
-  if (keys.length) await c.del(keys);
-  await c.close();
+  if (url) await deleteRedisKeys(url, prefix);
 }
 
 // Cleaned up once, after every describe in this file (the seed-key test below runs after the contract).

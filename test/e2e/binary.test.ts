@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Subprocess } from "bun";
-import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
+import { createTestDatabase, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
 import { TestSocket } from "../helpers/city.ts";
 
 const root = path.join(import.meta.dir, "../..");
@@ -169,13 +169,7 @@ describe("compiled binary: command line", () => {
 const redisUrl = engineUrl("REDIS_URL", "compiled binary with presence on Redis");
 describe.skipIf(!redisUrl)("compiled binary: presence on Redis", () => {
   const prefix = `t_${Math.random().toString(36).slice(2, 8)}:`;
-  afterAll(async () => {
-    const { createClient } = await import("redis");
-    const c = createClient({ url: redisUrl! });
-    await c.connect();
-    for await (const keys of c.scanIterator({ MATCH: `${prefix}*` })) if (keys.length) await c.del(keys);
-    await c.close();
-  });
+  afterAll(() => deleteRedisKeys(redisUrl!, prefix));
   const presenceEnv = (extra: Record<string, string> = {}) => ({
     DATA_DIR: mkdtempSync(path.join(work, "data-")), JWT_SECRET: "e2e-secret-0123456789-abcdefghijklmnopq", REDIS_URL: redisUrl!, REDIS_KEY_PREFIX: prefix, ...extra,
   });

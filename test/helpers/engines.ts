@@ -4,6 +4,7 @@
  * fails the run instead of skipping.
  */
 import postgres from "postgres";
+import { createClient } from "redis";
 
 export type EngineVar = "DATABASE_URL" | "REDIS_URL" | "NATS_URL";
 
@@ -46,4 +47,15 @@ export async function createTestDatabase(baseUrl: string): Promise<{ url: string
       }
     },
   };
+}
+
+/** Deletes every Redis key under `prefix` (what a test file wrote with its own key prefix). */
+export async function deleteRedisKeys(url: string, prefix: string): Promise<void> {
+  const c = createClient({ url });
+  await c.connect();
+  try {
+    for await (const keys of c.scanIterator({ MATCH: `${prefix}*`, COUNT: 1000 })) if (keys.length) await c.del(keys);
+  } finally {
+    await c.close();
+  }
 }

@@ -3,9 +3,8 @@
  * by every observer, and both instances report the same room counts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createClient } from "redis";
 import { MemoryBroker, MemoryNetwork } from "../../src/engine/broker/memory.ts";
-import { engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const redis = engineUrl("REDIS_URL", "presence across instances");
@@ -31,10 +30,7 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
     for (const s of sockets) s.close();
     await a.dispose();
     await b.dispose();
-    const c = createClient({ url: redis! });
-    await c.connect();
-    for await (const keys of c.scanIterator({ MATCH: `${prefix}*` })) if (keys.length) await c.del(keys);
-    await c.close();
+    await deleteRedisKeys(redis!, prefix);
   });
 
   test("a user heartbeating on both instances goes online once and offline once, as every observer sees it", async () => {

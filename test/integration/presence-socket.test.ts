@@ -3,8 +3,7 @@
  * on Redis: snapshot, transitions, heartbeat rules, throttled room counts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createClient } from "redis";
-import { engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { heartbeating, refusedUpgrade, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
 
 const redis = engineUrl("REDIS_URL", "presence socket on redis");
@@ -22,12 +21,7 @@ for (const v of variants) {
     afterAll(async () => {
       for (const s of sockets) s.close();
       await city.dispose();
-      if (v.env.REDIS_KEY_PREFIX) {
-        const c = createClient({ url: redis! });
-        await c.connect();
-        for await (const keys of c.scanIterator({ MATCH: `${v.env.REDIS_KEY_PREFIX}*` })) if (keys.length) await c.del(keys);
-        await c.close();
-      }
+      if (v.env.REDIS_KEY_PREFIX) await deleteRedisKeys(redis!, v.env.REDIS_KEY_PREFIX);
     });
 
     test("the first frame is the seed-003 snapshot of every room", async () => {

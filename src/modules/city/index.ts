@@ -3,7 +3,7 @@
  * Every route delegates to {@link CityService}; errors are AppErrors mapped by the error plugin.
  */
 import { Elysia, t } from "elysia";
-import type { TokenVerifier } from "../../auth/tokens.ts";
+import type { Principal, TokenVerifier } from "../../auth/tokens.ts";
 import { AppError } from "../../engine/errors.ts";
 import { ROOM_ID_RE } from "../../ids.ts";
 import { authPlugin, requireUser } from "../../plugins/auth.ts";
@@ -22,6 +22,15 @@ function roomId(raw: string): string {
 const errors = { 400: ErrorModel, 401: ErrorModel, 404: ErrorModel, 409: ErrorModel, 429: ErrorModel, 503: ErrorModel };
 
 export function cityController(city: CityService, verifier: TokenVerifier) {
+  /** Handler of `POST /city/rooms/{id}/join|leave` (seed 001). */
+  const announce =
+    (event: "room.join" | "room.leave") =>
+    async ({ params, principal }: { params: { room_id: string }; principal: Principal | null }) => {
+      const user = requireUser(principal);
+      const id = roomId(params.room_id);
+      await city.announceMembership(id, user, event);
+      return { ok: true as const, room_id: id, user_id: user };
+    };
   return new Elysia({ name: "city" })
     .use(authPlugin(verifier))
     .get("/city/rooms", ({ query }) => city.listRooms(query.limit ?? 50, query.offset ?? 0), {
@@ -72,34 +81,16 @@ export function cityController(city: CityService, verifier: TokenVerifier) {
       response: { 200: t.Array(MessageModel), ...errors },
       detail: { tags: ["City"], summary: "Messages oldest first; `before` pages back through history" },
     })
-    .post(
-      "/city/rooms/:room_id/join",
-      async ({ params, principal }) => {
-        const user = requireUser(principal);
-        const id = roomId(params.room_id);
-        await city.announceMembership(id, user, "room.join");
-        return { ok: true as const, room_id: id, user_id: user };
-      },
-      {
-        params: RoomParams,
-        response: { 200: MembershipModel, ...errors },
-        detail: { tags: ["City"], summary: "Announce room.join to the room's sockets", security: [{ bearer: [] }] },
-      },
-    )
-    .post(
-      "/city/rooms/:room_id/leave",
-      async ({ params, principal }) => {
-        const user = requireUser(principal);
-        const id = roomId(params.room_id);
-        await city.announceMembership(id, user, "room.leave");
-        return { ok: true as const, room_id: id, user_id: user };
-      },
-      {
-        params: RoomParams,
-        response: { 200: MembershipModel, ...errors },
-        detail: { tags: ["City"], summary: "Announce room.leave to the room's sockets", security: [{ bearer: [] }] },
-      },
-    )
+    .post("/city/rooms/:room_id/join", announce("room.join"), {
+      params: RoomParams,
+      response: { 200: MembershipModel, ...errors },
+      detail: { tags: ["City"], summary: "Announce room.join to the room's sockets", security: [{ bearer: [] }] },
+    })
+    .post("/city/rooms/:room_id/leave", announce("room.leave"), {
+      params: RoomParams,
+      response: { 200: MembershipModel, ...errors },
+      detail: { tags: ["City"], summary: "Announce room.leave to the room's sockets", security: [{ bearer: [] }] },
+    })
     .get("/city/feed", ({ query }) => city.listFeed(query.before, query.limit ?? 20), {
       query: FeedQuery,
       response: { 200: t.Array(FeedEventModel), ...errors },

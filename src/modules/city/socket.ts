@@ -22,9 +22,9 @@ import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { Hub } from "../../engine/hub.ts";
 import type { PresenceManager } from "../../engine/presence/presence.ts";
 import {
-  decodeFrame, encodeError, encodeRoomMembership, encodeRoomMessage, encodeRoomTyping, encodeRoomUserPresence, roomTopic, type ClientFrame,
+  encodeError, encodeRoomMembership, encodeRoomMessage, encodeRoomTyping, encodeRoomUserPresence, roomTopic, type ClientFrame,
 } from "../../engine/protocol.ts";
-import { frameTooLarge, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { readFrame, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import { isId, ROOM_ID_RE } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
 import type { CityService } from "./service.ts";
@@ -180,15 +180,10 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
       enter(ws, ws.data.since);
     },
     message(ws, raw) {
-      if (frameTooLarge(raw, o.maxFrameBytes)) {
-        sendError(ws, "frame_too_large", `frames are limited to ${o.maxFrameBytes} bytes`);
-        ws.close(CLOSE.frameTooLarge, "frame too large");
-        return;
-      }
-      const f = decodeFrame(raw);
-      if (!f.ok) return sendError(ws, f.code, f.message);
+      const frame = readFrame(ws, raw, o.maxFrameBytes);
+      if (!frame) return;
       try {
-        onFrame(ws, f.frame);
+        onFrame(ws, frame);
       } catch (err) {
         fail(ws, err);
       }

@@ -13,8 +13,8 @@ import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { Hub } from "../../engine/hub.ts";
 import type { PresenceManager } from "../../engine/presence/presence.ts";
-import { decodeFrame, encodeError, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC } from "../../engine/protocol.ts";
-import { frameTooLarge, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { encodeError, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC } from "../../engine/protocol.ts";
+import { readFrame, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { Logger } from "../../log.ts";
 import type { PresenceService } from "./service.ts";
 
@@ -73,14 +73,8 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       );
     },
     message(ws, raw) {
-      if (frameTooLarge(raw, o.maxFrameBytes)) {
-        sendError(ws, "frame_too_large", `frames are limited to ${o.maxFrameBytes} bytes`);
-        ws.close(CLOSE.frameTooLarge, "frame too large");
-        return;
-      }
-      const f = decodeFrame(raw);
-      if (!f.ok) return sendError(ws, f.code, f.message);
-      const frame = f.frame;
+      const frame = readFrame(ws, raw, o.maxFrameBytes);
+      if (!frame) return;
       if (frame.event !== "presence.heartbeat") {
         return sendError(ws, "unknown_event", `unknown event "${frame.event}"; expected presence.heartbeat`);
       }
