@@ -71,6 +71,10 @@ export interface RunResult {
   errors: number;
   /** Receiving sockets the server closed during the run (the project closes slow consumers with 4008). */
   closed: number;
+  /** Deliveries that arrived in the 3 s after the drain gave up (stalls, not losses); already in `received`. */
+  late: number;
+  /** Messages the project server says it committed and published (`/metrics`); null for the peers. */
+  server_published: number | null;
   deliveries_per_s: number;
   p50_ms: number | null;
   p99_ms: number | null;
@@ -133,7 +137,7 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
   if (pubClient) openFailed += (await pubClient.call({ op: "open", kind: server.kind, baseWs, sockets: pubPlans, concurrency: 50, deliveredOverhead: DELIVERED_OVERHEAD })).failed;
 
   const result: RunResult = {
-    scenario: s.id, server: server.name, rep, sockets: total + pubPlans.length, sent: 0, expected: 0, received: 0, lost: 0, errors: 0, closed: 0,
+    scenario: s.id, server: server.name, rep, sockets: total + pubPlans.length, sent: 0, expected: 0, received: 0, lost: 0, errors: 0, closed: 0, late: 0, server_published: null,
     deliveries_per_s: 0, p50_ms: null, p99_ms: null, max_ms: null, server_cpu_s: 0, peak_rss_mb: 0, open_failed: openFailed,
   };
 
@@ -166,6 +170,16 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     // from the first publication to the last delivery seen
     const elapsed = (lastChange - t0) / 1000;
     result.server_cpu_s = round(cpuSeconds(server.pid) - cpuStart, 2);
+    if (last < expected && s.mode !== "saturation") {
+      // Late or lost? Give stragglers 3 s more; whatever arrives now was delayed, not dropped.
+      await Bun.sleep(3000);
+      const again = await Promise.all(recvClients.map((c) => c.call<{ received: number }>({ op: "count" })));
+      result.late = again.reduce((a, c) => a + c.received, 0) - last;
+    }
+    if (server.kind === "project") {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      result.server_published = Number(/^daarion_city_room_messages_total (\d+)/m.exec(metrics)?.[1] ?? NaN);
+    }
     const reports = await Promise.all(recvClients.map((c) => c.call<Report>({ op: "report" })));
     const pubReport = await pubClient!.call<Report>({ op: "report" });
     let hist: HistogramData | null = null;
@@ -218,6 +232,7 @@ export interface Summary {
   echo_p50_ms: number | null;
   echo_p99_ms: number | null;
   lost: number;
+  late: number;
   errors: number;
   closed: number;
   server_cpu_s: number;
@@ -246,6 +261,7 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       echo_p50_ms: nullableRound(mean(rs.map((r) => r.echo_p50_ms)), 2),
       echo_p99_ms: nullableRound(mean(rs.map((r) => r.echo_p99_ms)), 2),
       lost: rs.reduce((a, r) => a + r.lost, 0),
+      late: rs.reduce((a, r) => a + r.late, 0),
       errors: rs.reduce((a, r) => a + r.errors + r.open_failed, 0),
       closed: rs.reduce((a, r) => a + r.closed, 0),
       server_cpu_s: round(mean(rs.map((r) => r.server_cpu_s)) ?? 0, 2),
@@ -302,7 +318,7 @@ async function main(): Promise<void> {
         try {
           const r = await runOnce(s, server, rep);
           scenarioRuns.push(r);
-          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} closed ${r.closed}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
+          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} late ${r.late} closed ${r.closed} published ${r.server_published ?? "-"}/${r.sent}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
         } finally {
           await server.stop();
         }
