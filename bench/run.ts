@@ -13,7 +13,7 @@ import path from "node:path";
 import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
-import type { Command, Report, ServerKind, SocketPlan } from "./load/client.ts";
+import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
 import { renderReadme } from "./render.ts";

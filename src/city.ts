@@ -56,8 +56,6 @@ export interface CityInstance {
   readonly hub: Hub;
   readonly city: CityService;
   readonly presence: PresenceManager;
-  /** Whether the HS256 secret was created in DATA_DIR by this start. */
-  readonly secretFile: string | null;
   /**
    * Graceful stop: refuse new connections, finish queued writes, close sockets with 1001, wait
    * for in-flight requests, close engines. Resolves `true` when everything drained in time.
@@ -73,9 +71,7 @@ export function openStore(config: Config): Store {
 }
 
 /** The presence backend the configuration names: Redis with REDIS_URL, else in-process. */
-export function openPresenceBackend(config: Config, log: Logger): PresenceBackend {
-  const ttlMs = config.presenceTtlSeconds * 1000;
-  const typingTtlMs = config.typingTtlSeconds * 1000;
+export function openPresenceBackend(config: Config, log: Logger, ttlMs: number, typingTtlMs: number): PresenceBackend {
   return config.redisUrl
     ? new RedisPresenceBackend({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, ttlMs, typingTtlMs, log })
     : new MemoryPresenceBackend({ ttlMs, typingTtlMs });
@@ -111,8 +107,10 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     opened.push(() => broker.close());
 
     const hub = new Hub({ broker, log, maxBufferedBytes: config.wsMaxBufferedBytes });
+    const ttlMs = config.presenceTtlSeconds * 1000;
+    const typingTtlMs = config.typingTtlSeconds * 1000;
     const presence = new PresenceManager({
-      backend: openPresenceBackend(config, log), clock, log, ttlMs: config.presenceTtlSeconds * 1000, typingTtlMs: config.typingTtlSeconds * 1000,
+      backend: openPresenceBackend(config, log, ttlMs, typingTtlMs), clock, log, ttlMs, typingTtlMs,
       flushMs: config.presenceFlushMs, sweepMs: config.presenceSweepMs, batching: config.presenceBatching,
     });
     await presence.start();
@@ -203,7 +201,6 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       hub,
       city,
       presence,
-      secretFile: secret.file,
       stop,
     };
   } catch (err) {

@@ -148,10 +148,6 @@ export class AgentsClient {
     private readonly log: Logger,
   ) {}
 
-  get transportName(): "http" | "nats" {
-    return this.transport.name;
-  }
-
   /**
    * Invokes the agent.
    * @throws AppError `agents_core_unreachable` (502, after one retry), `agents_core_timeout` (504),
