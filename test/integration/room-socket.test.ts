@@ -169,11 +169,14 @@ for (const variant of variants) {
       first.close();
       await first.waitClosed();
       for (let i = 0; i < 5; i++) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `missed ${i}` } });
-      // keep writing while the socket reconnects, so some messages race the replay
+      // keep writing while the socket reconnects, so some messages race the replay. The writer is
+      // bounded (LIVE_MAX): together with the 5 missed ones everything after the cursor fits in
+      // one page of history and under ROOM_RECOVERY_MAX_MESSAGES (50), however fast it runs.
+      const LIVE_MAX = 40;
       let writing = true;
       let n = 0;
       const writer = (async () => {
-        while (writing) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `live ${n++}` } });
+        while (writing && n < LIVE_MAX) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `live ${n++}` } });
       })();
       await Bun.sleep(5);
       const again = await open(`/ws/city/rooms/${room}?token=${alice}&since=${last}`);
@@ -181,7 +184,9 @@ for (const variant of variants) {
       writing = false;
       await writer;
       const stored = ((await (await city.http(`/city/rooms/${room}/messages?limit=200`)).json()) as any[]).map((m) => m.id);
+      expect(stored).toContain(last);
       const expected = stored.slice(stored.indexOf(last) + 1);
+      expect(expected.length).toBe(5 + n);
       await again.until(() => again.frames.filter((f) => f.event === "room.message").length >= expected.length);
       const got = again.frames.filter((f) => f.event === "room.message").map((f) => f.message.id);
       expect(got).toEqual(expected);
