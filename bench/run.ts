@@ -93,7 +93,7 @@ export interface RunResult {
 const DELIVERED_OVERHEAD = process.env.BENCH_NO_PAD ? 0 : (() => {
   const body = "bench:100000:1000:1795312345678901";
   const frame = encodeRoomMessage("room_city_general", {
-    id: "m_city_01M804F33V2FA7KW6EZN00WZMW", room_id: "room_city_general", author_user_id: "u_bench_1000", author_agent_id: null, body, created_at: new Date().toISOString(),
+    id: "m_city_01M804F33V2FA7KW6EZN00WZMW", room_id: "room_city_general", seq: 1234567, author_user_id: "u_bench_1000", author_agent_id: null, body, created_at: new Date().toISOString(),
   });
   return frame.length - body.length;
 })();

@@ -29,10 +29,14 @@ export interface Config {
   jwtPublicKey: string | null;
   jwtIssuer: string | null;
   jwtAudience: string | null;
+  /** Longest a token is honoured, s: the earlier of its `exp` and `iat` + this (tokens without `exp` are capped). */
+  jwtMaxTtlSeconds: number;
   /** NATS URL(s); `null` selects the in-process broker (single instance). */
   natsUrl: string | null;
   /** Prepended (with a dot) to every NATS subject this process uses; isolates tests and tenants. */
   natsSubjectPrefix: string;
+  /** Inbound NATS subscriptions in the bus worker thread (`true`) or on the main thread. */
+  natsBusWorker: boolean;
   /** Redis URL for presence; `null` selects in-process presence (one instance). */
   redisUrl: string | null;
   /** Prepended to every Redis key this process writes (isolates tests and tenants). */
@@ -47,6 +51,8 @@ export interface Config {
   presenceSweepMs: number;
   /** A room's presence frame goes out at most this often unless its online count changed, ms (seed 003: 3 s). */
   roomPresenceThrottleMs: number;
+  /** Every room's numbers are reloaded from the presence store this often, ms (0: only after broker outages). */
+  presenceResyncMs: number;
   /** A `room.typing` counts this long without a refresh, s. */
   typingTtlSeconds: number;
   /** `presence.update` goes out only while at most this many local sockets listen for it (storm guard). */
@@ -70,6 +76,10 @@ export interface Config {
   wsIdleTimeoutSeconds: number;
   /** Most messages replayed to a socket that reconnects with `since`. */
   roomRecoveryMaxMessages: number;
+  /** How long a gap in a room's seq may wait for the broker before it is read from the store, ms. */
+  roomGapGraceMs: number;
+  /** How often each instance checks the rooms it serves against the store's last seq, ms. */
+  roomPositionCheckMs: number;
   /** Rooms with more users online than this do not announce socket joins and leaves (O(n²) fan-out). */
   roomMembershipEventsMaxMembers: number;
   /** Per-user write budget: sustained writes per second and burst size; 0 turns the limit off. */
@@ -78,6 +88,8 @@ export interface Config {
   httpMaxBodyBytes: number;
   /** Time allowed for a graceful stop before the process exits anyway, ms. */
   shutdownTimeoutMs: number;
+  /** On SIGTERM, time between turning not-ready and closing the listener (load balancers move away), ms. */
+  shutdownDrainDelayMs: number;
   logLevel: LogLevel;
 }
 
@@ -192,6 +204,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "JWT_ISSUER", key: "jwtIssuer", type: "string", doc: "When set, tokens must carry this `iss`.", parse: optionalString },
   { env: "JWT_AUDIENCE", key: "jwtAudience", type: "string", doc: "When set, tokens must carry this `aud`.", parse: optionalString },
   {
+    env: "JWT_MAX_TTL_SECONDS", key: "jwtMaxTtlSeconds", type: "integer 60..31536000", fallback: "2592000",
+    doc: "Longest a token is honoured: until the earlier of its `exp` and `iat` + this (tokens without `exp` are capped, never eternal; without `iat` the time counts from first use). Default 30 days.",
+    parse: int(60, 31_536_000),
+  },
+  {
     env: "NATS_URL", key: "natsUrl", type: "nats URL(s)", doc: "NATS for fan-out between instances and city events. Unset: in-process broker (one instance).",
     parse: optionalUrl(["nats:", "tls:", "ws:", "wss:"]),
   },
@@ -203,6 +220,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
       if (v && !/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$/.test(v)) return fail(env, "must be dot-separated tokens of [A-Za-z0-9_-]", v);
       return v;
     },
+  },
+  {
+    env: "NATS_BUS_WORKER", key: "natsBusWorker", type: "on or off", fallback: "on",
+    doc: "`on`: every inbound NATS subscription runs in the bus worker thread, which hands the main thread batches. `off`: on the main thread (for comparison in `bench/`).",
+    parse: (r, env) => oneOf(["on", "off"] as const)(r, env) === "on",
   },
   {
     env: "REDIS_URL", key: "redisUrl", type: "redis URL", doc: "Redis for presence shared by every instance. Unset: in-process presence (one instance).",
@@ -230,6 +252,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     env: "PRESENCE_UPDATES_MAX_AUDIENCE", key: "presenceUpdatesMaxAudience", type: "integer 0..1000000", fallback: "1000",
     doc: "Per-user `presence.update` frames go out only while this instance has at most this many presence sockets listening for them: a reconnect storm of n users would otherwise cost n² deliveries. Room counts always go out.",
     parse: int(0, 1_000_000),
+  },
+  {
+    env: "PRESENCE_RESYNC_MS", key: "presenceResyncMs", type: "integer 0..600000", fallback: "30000",
+    doc: "Every room's presence numbers are reloaded from the presence store this often (a lost broker publication heals); 0 = only when the broker link comes back.",
+    parse: int(0, 600_000),
   },
   { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
   {
@@ -267,6 +294,16 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "WS_IDLE_TIMEOUT_SECONDS", key: "wsIdleTimeoutSeconds", type: "integer 8..960", fallback: "120", doc: "Sockets silent this long (no frame, no pong) are closed; the server pings before that.", parse: int(8, 960) },
   { env: "ROOM_RECOVERY_MAX_MESSAGES", key: "roomRecoveryMaxMessages", type: "integer 1..10000", fallback: "1000", doc: "Most messages replayed to a socket reconnecting with `since`.", parse: int(1, 10_000) },
   {
+    env: "ROOM_GAP_GRACE_MS", key: "roomGapGraceMs", type: "integer 0..5000", fallback: "20",
+    doc: "A room message that arrives before the one it follows waits this long for the broker to bring the missing one, then it is read from the store.",
+    parse: int(0, 5000),
+  },
+  {
+    env: "ROOM_POSITION_CHECK_MS", key: "roomPositionCheckMs", type: "integer 500..30000", fallback: "10000",
+    doc: "How often each instance compares the last seq it delivered in each room it serves with the store's (one query), and delivers what a lost broker message kept from it.",
+    parse: int(500, 30_000),
+  },
+  {
     env: "ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS", key: "roomMembershipEventsMaxMembers", type: "integer 0..1000000", fallback: "200",
     doc: "Sockets joining or leaving a room announce `room.join` / `room.leave` while the room has at most this many users online; above it (every join would go to everyone) they do not. 0 = never.",
     parse: int(0, 1_000_000),
@@ -274,7 +311,12 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "CITY_WRITE_RATE_PER_SECOND", key: "writeRatePerSecond", type: "integer 0..100000", fallback: "5", doc: "Sustained writes (messages, rooms) per user per second; 0 = no limit.", parse: int(0, 100_000) },
   { env: "CITY_WRITE_BURST", key: "writeBurst", type: "integer 1..100000", fallback: "20", doc: "Writes a user may make at once before the rate applies.", parse: int(1, 100_000) },
   { env: "HTTP_MAX_BODY_BYTES", key: "httpMaxBodyBytes", type: "integer 1024..16777216", fallback: "65536", doc: "Largest HTTP request body; larger ones get 413.", parse: int(1024, 16_777_216) },
-  { env: "SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", type: "integer 100..60000", fallback: "9000", doc: "Graceful stop budget on SIGTERM/SIGINT before the process exits anyway.", parse: int(100, 60_000) },
+  { env: "SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", type: "integer 100..60000", fallback: "9000", doc: "Whole stop budget on SIGTERM/SIGINT: whatever hangs, the process exits within it.", parse: int(100, 60_000) },
+  {
+    env: "SHUTDOWN_DRAIN_DELAY_MS", key: "shutdownDrainDelayMs", type: "integer 0..60000", fallback: "0",
+    doc: "On SIGTERM the instance first turns not ready (`/readyz` 503) and keeps serving this long, so a load balancer stops sending it new clients; then it closes. Set it to your balancer's probe interval (e.g. 5000).",
+    parse: int(0, 60_000),
+  },
   { env: "LOG_LEVEL", key: "logLevel", type: "debug, info, warn or error", fallback: "info", doc: "Least severe log level written.", parse: oneOf(["debug", "info", "warn", "error"] as const) },
 ];
 
@@ -295,6 +337,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if ((c.agentsTransport as string) === "auto") c.agentsTransport = c.agentsServiceUrl ? "http" : "off";
   if (c.agentsTransport === "http" && !c.agentsServiceUrl) throw new ConfigError("config: AGENTS_TRANSPORT=http needs AGENTS_SERVICE_URL");
   if (c.agentsTransport === "nats" && !c.natsUrl) throw new ConfigError("config: AGENTS_TRANSPORT=nats needs NATS_URL");
+  if (c.shutdownDrainDelayMs >= c.shutdownTimeoutMs) {
+    throw new ConfigError(`config: SHUTDOWN_DRAIN_DELAY_MS (${c.shutdownDrainDelayMs}) must be shorter than SHUTDOWN_TIMEOUT_MS (${c.shutdownTimeoutMs})`);
+  }
   return c;
 }
 

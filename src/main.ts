@@ -7,7 +7,7 @@
  * SIGTERM/SIGINT stop the server gracefully: sockets closed with 1001, writes drained, exit 0.
  */
 import { resolveSecret, signToken } from "./auth/tokens.ts";
-import { openStore, startCity, VERSION } from "./city.ts";
+import { openStore, startCity, VERSION } from "./bootstrap.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger } from "./log.ts";
 
@@ -32,10 +32,15 @@ async function serve(config: Config): Promise<void> {
   const onSignal = (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info("city: stopping", { signal });
+    log.info("city: stopping", { signal, budget_ms: config.shutdownTimeoutMs });
+    // Whatever hangs, the process is gone within the budget (plus a moment to write the log).
+    setTimeout(() => {
+      log.error("city: stop overran SHUTDOWN_TIMEOUT_MS; exiting now", { budget_ms: config.shutdownTimeoutMs });
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 250);
     city.stop().then(
       (drained) => {
-        log.info("city: stopped", { drained });
+        log.info("city: stopped", { drained, steps: city.stopReport() });
         process.exit(drained ? 0 : 1);
       },
       (err) => {

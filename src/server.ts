@@ -7,6 +7,7 @@ import type { Server, ServerWebSocket } from "bun";
 import type { App } from "./app.ts";
 import type { Config } from "./config.ts";
 import { AppError, CLOSE } from "./engine/errors.ts";
+import type { Hub } from "./engine/hub.ts";
 import type { SocketData, SocketRoute } from "./engine/sockets.ts";
 import type { Logger } from "./log.ts";
 import { errorResponse } from "./plugins/errors.ts";
@@ -17,6 +18,8 @@ export interface ServeOptions {
   port?: number;
   app: App;
   routes: SocketRoute<SocketData>[];
+  /** Every open socket is tracked here (backpressure, token expiry, shutdown). */
+  hub: Hub;
   log: Logger;
   /** True once shutdown began: new upgrades are refused with 503. */
   isShuttingDown(): boolean;
@@ -93,9 +96,15 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
       sendPings: true,
       perMessageDeflate: false,
       publishToSelf: false,
-      open: (ws) => safe("open", ws, () => routeOf(ws).open(ws)),
+      open: (ws) => {
+        o.hub.track(ws as ServerWebSocket<unknown>);
+        safe("open", ws, () => routeOf(ws).open(ws));
+      },
       message: (ws, raw) => safe("message", ws, () => routeOf(ws).message(ws, raw)),
-      close: (ws, code, reason) => safe("close", ws, () => routeOf(ws).close(ws, code, reason)),
+      close: (ws, code, reason) => {
+        safe("close", ws, () => routeOf(ws).close(ws, code, reason));
+        o.hub.untrack(ws as ServerWebSocket<unknown>);
+      },
     },
   });
 }

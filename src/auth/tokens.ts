@@ -21,21 +21,32 @@ export interface TokenVerifierOptions {
   publicKeyPem?: string | null;
   issuer?: string | null;
   audience?: string | null;
+  /**
+   * Longest lifetime a token is honoured for, s (JWT_MAX_TTL_SECONDS): a token is good until the
+   * earlier of its `exp` and `iat` + this (a token without `iat` counts from when it is first
+   * verified here). Tokens without `exp` are therefore capped, never eternal. Default 30 days.
+   */
+  maxTtlSeconds?: number;
 }
 
-/** Who a verified token speaks for. */
+/** Who a verified token speaks for, and until when. */
 export interface Principal {
   userId: string;
+  /** When the token stops being honoured (epoch ms): its `exp`, capped by the maximum lifetime. */
+  expiresAt: number;
 }
+
+/** Default maximum token lifetime, s (the `token` command's default lifetime). */
+export const DEFAULT_MAX_TTL_SECONDS = 30 * 24 * 3600;
 
 /** Verified tokens remembered (a reconnect storm presents the same tokens again). */
 const CACHE_MAX = 10_000;
-/** How long a token without `exp` stays cached, ms. */
-const CACHE_NO_EXP_MS = 300_000;
 
 export class TokenVerifier {
-  /** token → who it is and until when (epoch ms); insertion order doubles as LRU order. */
-  private readonly cache = new Map<string, { principal: Principal; until: number }>();
+  /** token → who it is (with its expiry); insertion order doubles as LRU order. */
+  private readonly cache = new Map<string, Principal>();
+  /** When a token without `iat` was first seen (its lifetime counts from then), by token. */
+  private readonly firstSeen = new Map<string, number>();
 
   private constructor(
     private readonly getKey: JWTVerifyGetKey,
@@ -61,22 +72,23 @@ export class TokenVerifier {
 
   /**
    * Verifies a compact JWT.
-   * @returns the principal named by `sub`
-   * @throws AppError `unauthorized` for a malformed, forged, expired or not-yet-valid token, a
-   *   wrong issuer/audience, or a `sub` that is not a user id
+   * @returns the principal named by `sub`, with when the token stops being honoured
+   * @throws AppError `unauthorized` for a malformed, forged, expired (or past the maximum
+   *   lifetime) or not-yet-valid token, a wrong issuer/audience, or a `sub` that is not a user id
    */
   async verify(token: string): Promise<Principal> {
     const now = (this.opts.clock ?? systemClock).now();
     const hit = this.cache.get(token);
     if (hit) {
       this.cache.delete(token);
-      if (hit.until > now) {
+      if (hit.expiresAt > now) {
         this.cache.set(token, hit);
-        return hit.principal;
+        return hit;
       }
     }
     let sub: unknown;
     let exp: number | undefined;
+    let iat: number | undefined;
     try {
       const { payload } = await jwtVerify(token, this.getKey, {
         algorithms: this.algorithms,
@@ -87,20 +99,26 @@ export class TokenVerifier {
       });
       sub = payload.sub;
       exp = payload.exp;
+      iat = payload.iat;
     } catch (err) {
       if (err instanceof joseErrors.JWTExpired) throw new AppError("unauthorized", "token expired");
       if (err instanceof joseErrors.JWTClaimValidationFailed) throw new AppError("unauthorized", `token claim rejected: ${err.claim}`);
       throw new AppError("unauthorized", "invalid token");
     }
     if (typeof sub !== "string" || !USER_ID_RE.test(sub)) throw new AppError("unauthorized", "token sub must be a user id (u_…)");
-    const principal = { userId: sub };
-    this.remember(token, principal, exp === undefined ? now + CACHE_NO_EXP_MS : exp * 1000);
-    return principal;
-  }
-
-  private remember(token: string, principal: Principal, until: number): void {
+    const maxMs = (this.opts.maxTtlSeconds ?? DEFAULT_MAX_TTL_SECONDS) * 1000;
+    let issued = typeof iat === "number" ? iat * 1000 : this.firstSeen.get(token);
+    if (issued === undefined) {
+      issued = now;
+      if (this.firstSeen.size >= CACHE_MAX) this.firstSeen.delete(this.firstSeen.keys().next().value!);
+      this.firstSeen.set(token, now);
+    }
+    const expiresAt = Math.min(typeof exp === "number" ? exp * 1000 + 5000 : Infinity, issued + maxMs);
+    if (expiresAt <= now) throw new AppError("unauthorized", "token expired: older than the maximum token lifetime (JWT_MAX_TTL_SECONDS)");
+    const principal = { userId: sub, expiresAt };
     if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
-    this.cache.set(token, { principal, until });
+    this.cache.set(token, principal);
+    return principal;
   }
 
   /**

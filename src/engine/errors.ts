@@ -52,6 +52,8 @@ export const ERROR_STATUS = {
   user_mismatch: 403,
   /** Recovery with `since` missed more than ROOM_RECOVERY_MAX_MESSAGES; page the rest over HTTP. */
   recovery_truncated: 200,
+  /** The socket's token expired without an `auth.refresh`; it is closed with 4001. */
+  token_expired: 401,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
@@ -84,4 +86,9 @@ export const CLOSE = {
    * could not be delivered. Reconnect with `?since=<last message id>` to recover what was missed.
    */
   slowConsumer: 4008,
+  /**
+   * The socket's token expired and no `auth.refresh` frame replaced it in time. Reconnect with a
+   * fresh token (and `since`, to get what was missed).
+   */
+  tokenExpired: 4001,
 } as const;

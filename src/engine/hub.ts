@@ -1,46 +1,34 @@
 /**
- * Hub: local topics and sockets over Bun's native pub/sub (`server.publish`), bridged to the other
- * instances through the {@link Broker} (SPEC "Realtime guarantees", ARCHITECTURE "engine/hub.ts").
+ * Hub: this instance's sockets and local topics over Bun's native pub/sub (`server.publish`),
+ * ARCHITECTURE "engine/hub.ts". It never talks to other instances: room streams
+ * (`streams.ts`) bridge rooms through the broker and deliver here.
  *
- * - A publication is a pre-serialised frame, published once to the local topic (Bun/uWS copies
- *   the bytes to each subscriber) and once to the broker subject `city.fanout.<topic>`; other
- *   instances publish what they receive to their own local topic.
- * - Recovery: a socket that reconnects with a cursor is not subscribed until its replay is sent;
- *   publications made meanwhile are buffered for it and sent after the replay, skipping any the
- *   replay already held, so it sees no gap and no duplicate.
- * - Backpressure: a socket whose send buffer stays above `maxBufferedBytes` for two sweeps is
- *   closed with 4008 (reconnect with `since`); above twice that Bun closes it at once. A slow
- *   socket therefore never holds a room back and never silently misses a message.
+ * - A publication is a pre-serialised frame, handed once to Bun for every local subscriber of the
+ *   topic (uWS copies the bytes to each), never serialised per subscriber.
+ * - Backpressure (SPEC "Realtime guarantees"): a socket whose send buffer stays above
+ *   `maxBufferedBytes` for two sweeps is closed with 4008 (reconnect with `since`); above twice
+ *   that Bun closes it at once. A slow socket never holds a room back.
+ * - Socket auth over time: a socket whose token expires (`expiresAt`, epoch ms) is closed with
+ *   4001 `token_expired` by the next sweep, unless an `auth.refresh` frame moved its expiry.
  */
 import type { Server, ServerWebSocket } from "bun";
+import { systemClock, systemScheduler, type Clock, type Scheduler, type Timer } from "../clock.ts";
 import type { Logger } from "../log.ts";
-import type { Broker } from "./broker/broker.ts";
 import { CLOSE } from "./errors.ts";
 
-/** Broker subject prefix for fan-out between instances. */
-export const FANOUT_SUBJECT = "city.fanout";
-
-/** A frame with the cursor (message id) it carries, if any; cursors order a room's messages. */
-export interface Publication {
-  cursor: string | null;
-  frame: string;
-}
-
 export interface HubOptions {
-  broker: Broker;
   log: Logger;
   /** Send buffer per socket above which it is a slow consumer, bytes. */
   maxBufferedBytes: number;
-  /** How often socket buffers are checked, ms. */
+  /** How often socket buffers and token expiries are checked, ms. */
   sweepIntervalMs?: number;
-  /** Most publications buffered for one socket during its recovery before it is closed. */
-  maxRecoveryBuffer?: number;
+  clock?: Clock;
+  scheduler?: Scheduler;
 }
 
-interface Recovering {
-  ws: ServerWebSocket<unknown>;
-  buffer: Publication[];
-  overflow: boolean;
+/** What the hub reads from a socket's data: when its token expires (epoch ms), if it has one. */
+export interface HubSocketData {
+  expiresAt?: number | null;
 }
 
 type AnySocket = ServerWebSocket<unknown>;
@@ -48,43 +36,32 @@ type AnySocket = ServerWebSocket<unknown>;
 export class Hub {
   private server: Server<unknown> | null = null;
   private readonly sockets = new Set<AnySocket>();
-  private readonly recovering = new Map<string, Set<Recovering>>();
   /** Sockets seen over the buffer cap: consecutive sweeps over it, or ≥ 100 once closing. */
   private readonly strikes = new Map<AnySocket, number>();
-  private sweepTimer: ReturnType<typeof setInterval> | null = null;
-  private unsubscribeBroker: (() => void) | null = null;
-  private readonly fanoutPrefix = FANOUT_SUBJECT + ".";
+  private sweepTimer: Timer | null = null;
+  private readonly clock: Clock;
+  private readonly scheduler: Scheduler;
+  /** Sockets closed by the hub, by reason; for /metrics. */
+  readonly stats = { slowConsumersClosed: 0, tokensExpired: 0 };
 
-  constructor(private readonly opts: HubOptions) {}
+  constructor(private readonly opts: HubOptions) {
+    this.clock = opts.clock ?? systemClock;
+    this.scheduler = opts.scheduler ?? systemScheduler;
+  }
 
   /** Binds the hub to the running server whose topics it publishes to. */
   attach(server: Server<unknown>): void {
     this.server = server;
   }
 
-  /** Starts the broker bridge and the backpressure sweep. */
+  /** Starts the backpressure and token-expiry sweep. */
   start(): void {
-    this.unsubscribeBroker = this.opts.broker.subscribe(`${FANOUT_SUBJECT}.>`, (subject, payload) => {
-      const nl = payload.indexOf("\n");
-      if (nl < 0) return;
-      const cursor = nl === 0 ? null : payload.slice(0, nl);
-      this.publishLocal(subject.slice(this.fanoutPrefix.length), { cursor, frame: payload.slice(nl + 1) });
-    });
-    this.sweepTimer = setInterval(() => this.sweep(), this.opts.sweepIntervalMs ?? 1000);
-    this.sweepTimer.unref?.();
+    this.sweepTimer = this.scheduler.every(this.opts.sweepIntervalMs ?? 1000, () => this.sweep());
   }
 
-  /** Publishes to local subscribers of `topic` and to every other instance. */
-  publish(topic: string, pub: Publication): void {
-    this.publishLocal(topic, pub);
-    this.opts.broker.publish(this.fanoutPrefix + topic, (pub.cursor ?? "") + "\n" + pub.frame);
-  }
-
-  /** Publishes to this instance's subscribers of `topic` only (and to sockets recovering on it). */
-  publishLocal(topic: string, pub: Publication): void {
-    this.server?.publish(topic, pub.frame, false);
-    const rec = this.recovering.get(topic);
-    if (rec) for (const r of rec) this.bufferFor(r, pub);
+  /** Publishes a pre-serialised frame to this instance's subscribers of `topic`. */
+  publishLocal(topic: string, frame: string): void {
+    this.server?.publish(topic, frame, false);
   }
 
   /** Local subscribers of a topic (Bun walks its topic tree: not for hot paths). */
@@ -101,10 +78,6 @@ export class Hub {
   untrack(ws: AnySocket): void {
     this.sockets.delete(ws);
     this.strikes.delete(ws);
-    for (const [topic, set] of this.recovering) {
-      for (const r of set) if (r.ws === ws) set.delete(r);
-      if (set.size === 0) this.recovering.delete(topic);
-    }
   }
 
   /** Open sockets on this instance. */
@@ -112,38 +85,9 @@ export class Hub {
     return this.sockets.size;
   }
 
-  /**
-   * Subscribes `ws` to `topic` after sending it what it missed.
-   * @param load reads the missed publications (oldest first) from the store
-   * @returns how many publications were replayed, or `null` when the socket closed meanwhile
-   * @throws whatever `load` throws (the socket is then not subscribed)
-   */
-  async subscribeWithRecovery(ws: AnySocket, topic: string, load: () => Promise<Publication[]>): Promise<number | null> {
-    const entry: Recovering = { ws, buffer: [], overflow: false };
-    let set = this.recovering.get(topic);
-    if (!set) this.recovering.set(topic, (set = new Set()));
-    set.add(entry);
-    let replay: Publication[];
-    try {
-      replay = await load();
-    } finally {
-      set.delete(entry);
-      if (set.size === 0 && this.recovering.get(topic) === set) this.recovering.delete(topic);
-    }
-    if (ws.readyState !== 1 || !this.sockets.has(ws)) return null;
-    if (entry.overflow) {
-      ws.close(CLOSE.slowConsumer, "too many messages during recovery; reconnect with since");
-      return null;
-    }
-    let last = "";
-    for (const p of replay) {
-      ws.send(p.frame);
-      if (p.cursor) last = p.cursor;
-    }
-    // Everything published while the store was read; skip what the replay already carried.
-    for (const p of entry.buffer) if (p.cursor === null || p.cursor > last) ws.send(p.frame);
-    ws.subscribe(topic);
-    return replay.length;
+  /** True while `ws` is open and tracked (a recovery that finishes late checks this). */
+  isOpen(ws: AnySocket): boolean {
+    return ws.readyState === 1 && this.sockets.has(ws);
   }
 
   /** Closes every tracked socket with `code` (shutdown uses 1001). */
@@ -151,43 +95,42 @@ export class Hub {
     for (const ws of this.sockets) ws.close(code, reason);
   }
 
-  /** Stops the sweep and the broker bridge. */
+  /** Stops the sweep. */
   close(): void {
-    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer?.cancel();
     this.sweepTimer = null;
-    this.unsubscribeBroker?.();
-    this.unsubscribeBroker = null;
   }
 
-  /** One backpressure pass over every socket; public for tests. */
+  /** One backpressure and token-expiry pass over every socket; public for tests. */
   sweep(): void {
     const cap = this.opts.maxBufferedBytes;
+    const now = this.clock.now();
     for (const ws of this.sockets) {
-      const over = ws.getBufferedAmount() > cap;
       const s = this.strikes.get(ws);
       if (s !== undefined && s >= 100) {
         // Closing: if the client does not read its close frame within ~5 sweeps, cut it.
         if (s >= 105) ws.terminate();
         else this.strikes.set(ws, s + 1);
-      } else if (!over) {
+        continue;
+      }
+      const expiresAt = (ws.data as HubSocketData | undefined)?.expiresAt;
+      if (expiresAt != null && expiresAt <= now) {
+        this.stats.tokensExpired++;
+        this.strikes.set(ws, 100);
+        ws.close(CLOSE.tokenExpired, "token_expired: reconnect with a fresh token, or send auth.refresh before exp");
+        continue;
+      }
+      const over = ws.getBufferedAmount() > cap;
+      if (!over) {
         if (s !== undefined) this.strikes.delete(ws);
       } else if ((s ?? 0) + 1 >= 2) {
         this.opts.log.info("hub: closing slow consumer", { buffered: ws.getBufferedAmount() });
+        this.stats.slowConsumersClosed++;
         this.strikes.set(ws, 100);
         ws.close(CLOSE.slowConsumer, "slow consumer; reconnect with since");
       } else {
         this.strikes.set(ws, (s ?? 0) + 1);
       }
     }
-  }
-
-  private bufferFor(r: Recovering, pub: Publication): void {
-    if (r.overflow) return;
-    if (r.buffer.length >= (this.opts.maxRecoveryBuffer ?? 10_000)) {
-      r.overflow = true;
-      r.buffer = [];
-      return;
-    }
-    r.buffer.push(pub);
   }
 }

@@ -41,12 +41,13 @@ export function decodeFrame(raw: string | Buffer): { ok: true; frame: ClientFram
 // ---- outgoing ------------------------------------------------------------------------------
 
 /**
- * `{ "event": "room.message", "room_id", "message": { id, author_user_id, author_agent_id, body,
- * created_at } }` (seed 000 §5.1; the message in the shape of seed 000 §4.1's room detail). The
- * room id is said once, at the top: every byte of a frame is paid for once per subscriber.
+ * `{ "event": "room.message", "room_id", "message": { id, seq, author_user_id, author_agent_id,
+ * body, created_at } }` (seed 000 §5.1; the message in the shape of seed 000 §4.1's room detail,
+ * plus its room seq). The room id is said once, at the top: every byte of a frame is paid for once
+ * per subscriber. Deterministic: the store's copy of a message encodes to the same frame.
  */
 export function encodeRoomMessage(roomId: string, m: Message): string {
-  const message = { id: m.id, author_user_id: m.author_user_id, author_agent_id: m.author_agent_id, body: m.body, created_at: m.created_at };
+  const message = { id: m.id, seq: m.seq, author_user_id: m.author_user_id, author_agent_id: m.author_agent_id, body: m.body, created_at: m.created_at };
   return JSON.stringify({ event: "room.message", room_id: roomId, message });
 }
 

@@ -5,12 +5,17 @@
  * then dispatches every socket event to the route that opened the socket.
  */
 import type { ServerWebSocket } from "bun";
-import { CLOSE } from "./errors.ts";
+import type { TokenVerifier } from "../auth/tokens.ts";
+import { AppError, CLOSE } from "./errors.ts";
 import { decodeFrame, encodeError, type ClientFrame } from "./protocol.ts";
 
-/** Data every socket carries: which route owns it. */
+/** Data every socket carries: which route owns it, and who it speaks for until when. */
 export interface SocketData {
   route: string;
+  /** The token's user; `null` for an anonymous (read-only) socket. */
+  userId?: string | null;
+  /** When the socket's token stops being honoured (epoch ms); the hub closes it with 4001 then. */
+  expiresAt?: number | null;
 }
 
 export interface SocketRoute<D extends SocketData> {
@@ -58,4 +63,25 @@ export function readFrame(ws: ServerWebSocket<unknown>, raw: string | Buffer, ma
     return null;
   }
   return f.frame;
+}
+
+/**
+ * `{event:"auth.refresh", token}` (SPEC "WebSockets"): replaces the socket's token so it outlives
+ * the old one's `exp`. The new token must name the same user; a refused token gets an `error`
+ * frame and changes nothing. An anonymous socket cannot become a user's this way (reconnect).
+ * @returns a promise that settles once the frame is answered (errors go to the socket, never thrown)
+ */
+export async function refreshSocketToken(ws: ServerWebSocket<SocketData>, frame: ClientFrame, verifier: TokenVerifier): Promise<void> {
+  const d = ws.data;
+  try {
+    if (typeof frame.token !== "string" || frame.token === "") throw new AppError("validation_failed", "auth.refresh needs a string `token`");
+    if (!d.userId) throw new AppError("unauthorized", "this socket is anonymous; reconnect with ?token= to act as a user");
+    const p = await verifier.verify(frame.token);
+    if (p.userId !== d.userId) throw new AppError("unauthorized", `the new token is for ${p.userId}; this socket speaks for ${d.userId}`);
+    d.expiresAt = p.expiresAt;
+  } catch (err) {
+    if (ws.readyState !== 1) return;
+    if (err instanceof AppError) ws.send(encodeError(err.code, err.message));
+    else ws.send(encodeError("internal", "internal error"));
+  }
 }

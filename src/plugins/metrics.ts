@@ -5,7 +5,7 @@
 import { Elysia } from "elysia";
 import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 import type { Hub } from "../engine/hub.ts";
-import type { PresenceManager } from "../engine/presence/presence.ts";
+import type { PresenceTracker } from "../engine/presence/presence.ts";
 
 export interface CityMetrics {
   readonly registry: Registry;
@@ -13,7 +13,7 @@ export interface CityMetrics {
   readonly messages: Counter;
 }
 
-export function createMetrics(deps: { hub: Hub; presence: PresenceManager }): CityMetrics {
+export function createMetrics(deps: { hub: Hub; presence: PresenceTracker }): CityMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "daarion_city_" });
   const gauge = (name: string, help: string, read: () => number) =>

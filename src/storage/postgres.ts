@@ -6,7 +6,7 @@
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
 import type {
-  FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 
 export interface PostgresStoreOptions {
@@ -75,32 +75,80 @@ export class PostgresStore implements Store {
     return row ? toRoom(row) : null;
   }
 
-  async createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
+  async createRoom(room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }): Promise<boolean> {
     return this.sql.begin(async (tx) => {
       const inserted = await tx`
-        insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias)
+        insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias, last_seq)
         values (${room.id}, ${room.slug}, ${room.name}, ${room.description}, ${room.is_default}, ${room.created_at},
-                ${room.created_by}, ${room.matrix_room_id}, ${room.matrix_room_alias})
+                ${room.created_by}, ${room.matrix_room_id}, ${room.matrix_room_alias}, ${seed.messages.length})
         on conflict do nothing returning id`;
       if (inserted.length === 0) return false;
-      if (seed.messages.length > 0 || seed.events.length > 0) await insertRows(tx, seed.messages, seed.events);
+      if (seed.messages.length > 0) await insertMessages(tx, room.id, seed.messages, 0);
+      if (seed.events.length > 0) await insertEventsSql(tx, seed.events);
       return true;
     });
   }
 
-  async appendMessages(batch: MessageWrite[]): Promise<void> {
-    if (batch.length === 0) return;
-    await insertRows(this.sql, batch.map((w) => w.message), batch.map((w) => w.event));
+  async appendMessages(roomId: string, batch: MessageWrite[]): Promise<number> {
+    if (batch.length === 0) throw new Error("postgres: appendMessages needs at least one message");
+    for (const w of batch) if (w.message.room_id !== roomId) throw new Error(`postgres: message ${w.message.id} is not in room ${roomId}`);
+    const messages = batch.map((w) => w.message);
+    const events = batch.map((w) => w.event);
+    const n = batch.length;
+    // One statement, so one round trip and atomic: the update takes the room's row lock (a
+    // concurrent writer on another instance waits for our commit) and numbers the batch.
+    const rows = await this.sql<{ first: string }[]>`
+      with s as (
+        update city_rooms set last_seq = last_seq + ${n} where id = ${roomId} returning last_seq - ${n} as base
+      ), m as (
+        insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)
+        select u.id, u.room_id, s.base + u.ord, u.author_user_id, u.author_agent_id, u.body, u.created_at
+        from s, unnest(
+          ${messages.map((m) => m.id)}::text[], ${messages.map((m) => m.room_id)}::text[],
+          ${messages.map((m) => m.author_user_id)}::text[], ${messages.map((m) => m.author_agent_id)}::text[],
+          ${messages.map((m) => m.body)}::text[], ${messages.map((m) => m.created_at)}::timestamptz[]
+        ) with ordinality as u(id, room_id, author_user_id, author_agent_id, body, created_at, ord)
+      ), e as (
+        insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at)
+        select * from unnest(
+          ${events.map((e) => e.id)}::text[], ${events.map((e) => e.kind)}::text[], ${events.map((e) => e.room_id)}::text[],
+          ${events.map((e) => e.user_id)}::text[], ${events.map((e) => e.agent_id)}::text[],
+          ${events.map((e) => JSON.stringify(e.payload))}::text[]::jsonb[], ${events.map((e) => e.created_at)}::timestamptz[])
+        where exists (select 1 from s)
+      )
+      select (base + 1)::text as first from s`;
+    if (rows.length === 0) throw new Error(`postgres: room ${roomId} does not exist`);
+    return Number(rows[0]!.first);
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
-    const before = q.before ?? null;
-    const after = q.after ?? null;
-    const rows = await this.sql<(Omit<Message, "created_at"> & { created_at: Ts })[]>`
-      select id, room_id, author_user_id, author_agent_id, body, created_at from city_room_messages
-      where room_id = ${roomId} and (${before}::text is null or id < ${before}) and (${after}::text is null or id > ${after})
-      order by id desc limit ${q.limit}`;
-    return rows.reverse().map((r) => ({ ...r, created_at: iso(r.created_at) }));
+    const before = q.beforeSeq ?? null;
+    const after = q.afterSeq ?? null;
+    const rows = q.oldest
+      ? await this.sql<MessageRowPg[]>`
+          select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
+          where room_id = ${roomId} and (${before}::bigint is null or seq < ${before}) and (${after}::bigint is null or seq > ${after})
+          order by seq limit ${q.limit}`
+      : (
+          await this.sql<MessageRowPg[]>`
+          select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
+          where room_id = ${roomId} and (${before}::bigint is null or seq < ${before}) and (${after}::bigint is null or seq > ${after})
+          order by seq desc limit ${q.limit}`
+        ).reverse();
+    return rows.map(toMessage);
+  }
+
+  async messageSeq(roomId: string, messageId: string): Promise<number | null> {
+    const [row] = await this.sql<{ seq: string }[]>`select seq::text from city_room_messages where id = ${messageId} and room_id = ${roomId}`;
+    return row ? Number(row.seq) : null;
+  }
+
+  async lastSeqs(roomIds: string[]): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    if (roomIds.length === 0) return out;
+    const rows = await this.sql<{ id: string; last_seq: string }[]>`select id, last_seq::text from city_rooms where id = any(${roomIds}::text[])`;
+    for (const r of rows) out.set(r.id, Number(r.last_seq));
+    return out;
   }
 
   async listFeed(q: { before?: string; limit: number }): Promise<FeedEvent[]> {
@@ -192,19 +240,30 @@ function toRoom(r: RoomRowPg): Room {
   };
 }
 
-/**
- * Inserts messages and feed events in one statement. The text never changes with the batch size
- * (arrays through `unnest`), so the server plans it once per connection.
- */
-async function insertRows(sql: Sql | postgres.TransactionSql, messages: Message[], events: FeedEvent[]): Promise<void> {
+interface MessageRowPg extends Omit<Message, "created_at" | "seq"> {
+  seq: string | number;
+  created_at: Ts;
+}
+
+const toMessage = (r: MessageRowPg): Message => ({
+  id: r.id, room_id: r.room_id, seq: Number(r.seq), author_user_id: r.author_user_id, author_agent_id: r.author_agent_id, body: r.body,
+  created_at: iso(r.created_at),
+});
+
+/** Inserts messages numbered `afterSeq + 1`, `afterSeq + 2`, … in array order. */
+async function insertMessages(sql: postgres.TransactionSql, roomId: string, messages: NewMessage[], afterSeq: number): Promise<void> {
   await sql`
-    with m as (
-      insert into city_room_messages (id, room_id, author_user_id, author_agent_id, body, created_at)
-      select * from unnest(
-        ${messages.map((m) => m.id)}::text[], ${messages.map((m) => m.room_id)}::text[],
-        ${messages.map((m) => m.author_user_id)}::text[], ${messages.map((m) => m.author_agent_id)}::text[],
-        ${messages.map((m) => m.body)}::text[], ${messages.map((m) => m.created_at)}::timestamptz[])
-    )
+    insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)
+    select u.id, ${roomId}, ${afterSeq} + u.ord, u.author_user_id, u.author_agent_id, u.body, u.created_at
+    from unnest(
+      ${messages.map((m) => m.id)}::text[], ${messages.map((m) => m.author_user_id)}::text[], ${messages.map((m) => m.author_agent_id)}::text[],
+      ${messages.map((m) => m.body)}::text[], ${messages.map((m) => m.created_at)}::timestamptz[]
+    ) with ordinality as u(id, author_user_id, author_agent_id, body, created_at, ord)`;
+}
+
+/** The insert of feed events (arrays through `unnest`, so the text never changes with the count). */
+function insertEventsSql(sql: postgres.TransactionSql, events: FeedEvent[]) {
+  return sql`
     insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at)
     select * from unnest(
       ${events.map((e) => e.id)}::text[], ${events.map((e) => e.kind)}::text[], ${events.map((e) => e.room_id)}::text[],

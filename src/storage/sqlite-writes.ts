@@ -3,7 +3,7 @@
  * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
  */
 import type { Database } from "bun:sqlite";
-import type { FeedEvent, Message, MessageWrite, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
+import type { FeedEvent, MessageWrite, NewMessage, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
 /** Opens the pragmas every connection to the city database uses. */
 export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
@@ -15,8 +15,9 @@ export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"
 
 /** Every write of the embedded store; the writer thread runs them by name (`op`). */
 export interface SqliteWrites {
-  appendMessages(batch: MessageWrite[]): void;
-  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): boolean;
+  /** @returns the first seq of the batch @throws Error when the room does not exist */
+  appendMessages(roomId: string, batch: MessageWrite[]): number;
+  createRoom(room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }): boolean;
   secondmeSession(userId: string, fresh: { id: string; created_at: string }): string;
   appendSecondmeMessage(m: SecondmeMessage): void;
   setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): void;
@@ -26,30 +27,41 @@ export interface SqliteWrites {
 export type SqliteWriteOp = keyof SqliteWrites;
 
 export function sqliteWrites(db: Database): SqliteWrites {
-  const insertMessage = (m: Message) =>
+  const insertMessage = (m: NewMessage, seq: number) =>
     db
-      .query("insert into city_room_messages (id, room_id, author_user_id, author_agent_id, body, created_at) values (?, ?, ?, ?, ?, ?)")
-      .run(m.id, m.room_id, m.author_user_id, m.author_agent_id, m.body, m.created_at);
+      .query("insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at) values (?, ?, ?, ?, ?, ?, ?)")
+      .run(m.id, m.room_id, seq, m.author_user_id, m.author_agent_id, m.body, m.created_at);
+  // Advancing the room's counter takes SQLite's write lock first, so numbering and insert are one step.
+  const advance = (roomId: string, n: number) =>
+    db.query<{ last_seq: number }, [number, string]>("update city_rooms set last_seq = last_seq + ? where id = ? returning last_seq").get(n, roomId);
   const insertEvent = (e: FeedEvent) =>
     db
       .query("insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at) values (?, ?, ?, ?, ?, ?, ?)")
       .run(e.id, e.kind, e.room_id, e.user_id, e.agent_id, JSON.stringify(e.payload), e.created_at);
 
-  const append = db.transaction((batch: MessageWrite[]) => {
-    for (const { message, event } of batch) {
-      insertMessage(message);
+  const append = db.transaction((roomId: string, batch: MessageWrite[]) => {
+    const row = advance(roomId, batch.length);
+    if (!row) throw new Error(`sqlite: room ${roomId} does not exist`);
+    const first = row.last_seq - batch.length + 1;
+    batch.forEach(({ message, event }, i) => {
+      if (message.room_id !== roomId) throw new Error(`sqlite: message ${message.id} is not in room ${roomId}`);
+      insertMessage(message, first + i);
       insertEvent(event);
-    }
+    });
+    return first;
   });
-  const create = db.transaction((room: Room, seed: { messages: Message[]; events: FeedEvent[] }) => {
+  const create = db.transaction((room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }) => {
     const res = db
       .query(
-        `insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias)
-         values (?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
+        `insert into city_rooms (id, slug, name, description, is_default, created_at, created_by, matrix_room_id, matrix_room_alias, last_seq)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
       )
-      .run(room.id, room.slug, room.name, room.description, room.is_default ? 1 : 0, room.created_at, room.created_by, room.matrix_room_id, room.matrix_room_alias);
+      .run(
+        room.id, room.slug, room.name, room.description, room.is_default ? 1 : 0, room.created_at, room.created_by, room.matrix_room_id,
+        room.matrix_room_alias, seed.messages.length,
+      );
     if (res.changes === 0) return false;
-    for (const m of seed.messages) insertMessage(m);
+    seed.messages.forEach((m, i) => insertMessage(m, i + 1));
     for (const e of seed.events) insertEvent(e);
     return true;
   });
@@ -66,7 +78,7 @@ export function sqliteWrites(db: Database): SqliteWrites {
     return n;
   });
   return {
-    appendMessages: (b) => append(b),
+    appendMessages: (roomId, b) => append(roomId, b),
     createRoom: (r, seed) => create(r, seed),
     secondmeSession: (u, fresh) => session(u, fresh),
     appendSecondmeMessage: (m) => {

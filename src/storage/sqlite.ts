@@ -13,8 +13,11 @@ import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
 import { configureConnection, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
 import type {
-  FeedEvent, Message, MessageQuery, MessageWrite, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
+
+const MESSAGE_SELECT = `select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
+  where room_id = ?1 and (?2 is null or seq < ?2) and (?3 is null or seq > ?3)`;
 
 interface RoomRow extends Omit<Room, "is_default"> {
   is_default: number;
@@ -97,23 +100,33 @@ export class SqliteStore implements Store {
     return row ? toRoom(row) : null;
   }
 
-  async createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean> {
+  async createRoom(room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }): Promise<boolean> {
     return this.writer.run("createRoom", room, seed);
   }
 
-  async appendMessages(batch: MessageWrite[]): Promise<void> {
-    await this.writer.run("appendMessages", batch);
+  async appendMessages(roomId: string, batch: MessageWrite[]): Promise<number> {
+    return this.writer.run("appendMessages", roomId, batch);
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
+    const args: [string, number | null, number | null, number] = [roomId, q.beforeSeq ?? null, q.afterSeq ?? null, q.limit];
+    if (q.oldest) return this.db.query<Message, typeof args>(`${MESSAGE_SELECT} order by seq limit ?4`).all(...args);
+    return this.db.query<Message, typeof args>(`${MESSAGE_SELECT} order by seq desc limit ?4`).all(...args).reverse();
+  }
+
+  async messageSeq(roomId: string, messageId: string): Promise<number | null> {
+    const row = this.db.query<{ seq: number }, [string, string]>("select seq from city_room_messages where id = ? and room_id = ?").get(messageId, roomId);
+    return row?.seq ?? null;
+  }
+
+  async lastSeqs(roomIds: string[]): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    if (roomIds.length === 0) return out;
     const rows = this.db
-      .query<Message, [string, string | null, string | null, number]>(
-        `select id, room_id, author_user_id, author_agent_id, body, created_at from city_room_messages
-         where room_id = ?1 and (?2 is null or id < ?2) and (?3 is null or id > ?3)
-         order by id desc limit ?4`,
-      )
-      .all(roomId, q.before ?? null, q.after ?? null, q.limit);
-    return rows.reverse();
+      .query<{ id: string; last_seq: number }, [string]>("select id, last_seq from city_rooms where id in (select value from json_each(?))")
+      .all(JSON.stringify(roomIds));
+    for (const r of rows) out.set(r.id, r.last_seq);
+    return out;
   }
 
   async listFeed(q: { before?: string; limit: number }): Promise<FeedEvent[]> {

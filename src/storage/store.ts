@@ -27,10 +27,15 @@ export interface RoomSummary extends Room {
   last_event: string | null;
 }
 
-/** A room message (seed 000 §2.2). Exactly one of the two authors is set for a user or agent. */
+/**
+ * A room message (seed 000 §2.2). Exactly one of the two authors is set for a user or agent.
+ * `seq` is the message's number in its room (1, 2, 3, … with no gaps), assigned by the store in
+ * the transaction that writes it (SPEC "HTTP API"): it orders a room on every instance.
+ */
 export interface Message {
   id: string;
   room_id: string;
+  seq: number;
   author_user_id: string | null;
   author_agent_id: string | null;
   body: string;
@@ -58,9 +63,12 @@ export interface RoomMatrixMapping {
   matrix_room_alias: string | null;
 }
 
+/** A message before the store numbered it. */
+export type NewMessage = Omit<Message, "seq">;
+
 /** A message and the `room_message` feed event that records it; written together or not at all. */
 export interface MessageWrite {
-  message: Message;
+  message: NewMessage;
   event: FeedEvent;
 }
 
@@ -93,14 +101,18 @@ export interface SecondmeStats {
   last_interaction: string | null;
 }
 
-/** Which messages of a room to read. Results are always oldest-first. */
+/** Which messages of a room to read. Results are always in seq order (oldest first). */
 export interface MessageQuery {
-  /** Only messages with an id lower than this one (paging back in history). */
-  before?: string;
-  /** Only messages with an id higher than this one (recovery after a reconnect). */
-  after?: string;
-  /** At most this many; the newest ones when more match. */
+  /** Only messages with a seq lower than this (paging back in history). */
+  beforeSeq?: number;
+  /** Only messages with a seq higher than this (recovery, gap filling). */
+  afterSeq?: number;
+  /**
+   * At most this many: the newest ones when more match, or with `oldest` the oldest ones (a gap
+   * filler reads forward from `afterSeq` in pages).
+   */
   limit: number;
+  oldest?: boolean;
 }
 
 export interface Store {
@@ -119,19 +131,33 @@ export interface Store {
   getRoom(id: string): Promise<Room | null>;
 
   /**
-   * Inserts `room` and, in the same transaction, the `seed` messages and events.
+   * Inserts `room` and, in the same transaction, the `seed` messages (numbered 1, 2, … in array
+   * order) and events.
    * @returns `false` (and writes nothing) when a room with that id or slug already exists.
    */
-  createRoom(room: Room, seed: { messages: Message[]; events: FeedEvent[] }): Promise<boolean>;
+  createRoom(room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }): Promise<boolean>;
 
   /**
-   * Durably appends messages and their feed events in one transaction, in array order.
-   * Resolves only after the commit; on rejection nothing of the batch was written.
+   * Durably appends messages of one room and their feed events in one transaction, numbering
+   * them in array order after the room's last seq. Across every writer on the store, a message
+   * with seq n commits only after every message of its room below n has committed, so a reader
+   * that sees seq n can read every seq below it.
+   * @returns the seq of the first message (the others follow one by one); resolves only after the commit
+   * @throws Error when the room does not exist or the store fails; nothing of the batch was written
    */
-  appendMessages(batch: MessageWrite[]): Promise<void>;
+  appendMessages(roomId: string, batch: MessageWrite[]): Promise<number>;
 
-  /** Messages of one room selected by `query`, oldest-first. */
+  /** Messages of one room selected by `query`, in seq order. */
   listMessages(roomId: string, query: MessageQuery): Promise<Message[]>;
+
+  /** The seq of message `messageId` in `roomId`; `null` when the room has no such message. */
+  messageSeq(roomId: string, messageId: string): Promise<number | null>;
+
+  /**
+   * The last seq of each room asked for (0 for a room without messages); unknown rooms are left
+   * out. One round trip however many rooms (the positioning check of SPEC "Realtime guarantees").
+   */
+  lastSeqs(roomIds: string[]): Promise<Map<string, number>>;
 
   /** Feed events newest-first, optionally older than the `before` event id. */
   listFeed(query: { before?: string; limit: number }): Promise<FeedEvent[]>;

@@ -1,18 +1,19 @@
 /**
- * The presence contract (src/engine/presence/presence.ts), written once and run on the in-process
- * backend (fake clock) and on Redis (real clock, short TTLs): presence.memory.test.ts and
- * presence.redis.test.ts call {@link presenceContract}.
+ * The presence contract (src/engine/presence/presence.ts), written once and run on every
+ * PresenceManager (in-process and Redis), both on fake time: scores are the tracker's clock, so
+ * a test advances time instead of sleeping. presence.memory.test.ts and presence.redis.test.ts
+ * call {@link presenceContract}. Every test uses its own users and rooms.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import type { PresenceManager, PresenceStatus, RoomCounts } from "../../src/engine/presence/presence.ts";
+import type { Membership, PresenceStatus, PresenceTracker, RoomCounts, Transition } from "../../src/engine/presence/presence.ts";
 
 export const TTL_MS = 1500;
 export const TYPING_TTL_MS = 600;
 
 export interface PresenceHarness {
-  /** A manager for a new instance; instances from one harness share state (like one Redis). */
-  instance(): Promise<PresenceManager>;
-  /** Lets `ms` pass (fake clock: instantly; Redis: sleeps). */
+  /** A tracker for a new instance; trackers from one harness share state (like one Redis). */
+  instance(): Promise<PresenceTracker>;
+  /** Moves the shared fake clock forward. */
   advance(ms: number): Promise<void>;
   cleanup(): Promise<void>;
 }
@@ -20,23 +21,32 @@ export interface PresenceHarness {
 export function presenceContract(name: string, harness: PresenceHarness | null): void {
   describe.skipIf(harness === null)(`Presence contract: ${name}`, () => {
     const h = harness!;
+    const tag = Math.random().toString(36).slice(2, 7);
     let n = 0;
-    const uid = (s: string) => `u_${s}_${n++}`;
-    const room = (s: string) => `room_city_${s}${n++}`;
-    /** What an instance reports; instances share state, so only `users` of the test are kept. */
-    const record = (m: PresenceManager, ...users: string[]) => {
-      const transitions: [string, PresenceStatus][] = [];
-      const counts: Map<string, RoomCounts>[] = [];
-      m.onTransition((u, s) => users.includes(u) && transitions.push([u, s]));
-      m.onRoomCounts((c) => counts.push(new Map(c)));
-      return { transitions, counts };
+    const uid = (s: string) => `u_${s}_${tag}_${n++}`;
+    const room = (s: string) => `room_city_${s}-${tag}-${n++}`;
+    /** What an instance reports about the test's own users and rooms. */
+    const record = (m: PresenceTracker, users: string[] = [], rooms: string[] = []) => {
+      const transitions: [string, PresenceStatus, string[]][] = [];
+      const memberships: [string, string, "join" | "leave", number][] = [];
+      const counts: [string, Omit<RoomCounts, "version">, "local" | "remote"][] = [];
+      m.onTransition((t: Transition, s) => users.includes(t.userId) && transitions.push([t.userId, s, t.rooms]));
+      m.onMembership((x: Membership, kind) => rooms.includes(x.roomId) && memberships.push([x.roomId, x.userId, kind, x.holders]));
+      m.onRoomCounts((changed, origin) => {
+        for (const [r, c] of changed) if (rooms.includes(r)) counts.push([r, { online: c.online, typing: c.typing, typingUsers: c.typingUsers, holders: c.holders }, origin]);
+      });
+      return { transitions, memberships, counts };
+    };
+    const numbers = (m: PresenceTracker, r: string) => {
+      const c = m.snapshot().get(r);
+      return c && { online: c.online, typing: c.typing, typingUsers: c.typingUsers, holders: c.holders };
     };
     afterAll(() => h.cleanup());
 
     test("a heartbeat makes the user online once; the seed-001 helpers see it", async () => {
       const m = await h.instance();
       const u = uid("hb");
-      const seen = record(m, u);
+      const seen = record(m, [u]);
       m.heartbeat(u);
       await m.flush();
       expect(await m.isOnline(u)).toBe(true);
@@ -45,7 +55,7 @@ export function presenceContract(name: string, harness: PresenceHarness | null):
       m.heartbeat(u);
       await m.refreshTtl(u);
       await m.setOnline(u);
-      expect(seen.transitions).toEqual([[u, "online"]]);
+      expect(seen.transitions).toEqual([[u, "online", []]]);
       expect(await m.isOnline(uid("never"))).toBe(false);
     });
 
@@ -63,87 +73,138 @@ export function presenceContract(name: string, harness: PresenceHarness | null):
     test("without heartbeats the user goes offline once, after the TTL; a new heartbeat is a new online", async () => {
       const m = await h.instance();
       const u = uid("off");
-      const seen = record(m, u);
+      const seen = record(m, [u]);
       m.heartbeat(u);
       await m.flush();
       await h.advance(TTL_MS / 2);
       await m.sweep();
-      expect(seen.transitions).toEqual([[u, "online"]]);
-      await h.advance(TTL_MS / 2 + 100);
+      expect(seen.transitions.map((t) => t[1])).toEqual(["online"]);
+      await h.advance(TTL_MS / 2 + 1);
       await m.sweep();
       await m.sweep();
-      expect(seen.transitions).toEqual([[u, "online"], [u, "offline"]]);
+      expect(seen.transitions.map((t) => t[1])).toEqual(["online", "offline"]);
       expect(await m.isOnline(u)).toBe(false);
       m.heartbeat(u);
       await m.flush();
-      expect(seen.transitions).toEqual([[u, "online"], [u, "offline"], [u, "online"]]);
+      expect(seen.transitions.map((t) => t[1])).toEqual(["online", "offline", "online"]);
     });
 
     test("two instances report each transition exactly once between them", async () => {
       const [a, b] = [await h.instance(), await h.instance()];
       const u = uid("twice");
-      const [sa, sb] = [record(a, u), record(b, u)];
+      const [sa, sb] = [record(a, [u]), record(b, [u])];
       a.heartbeat(u);
       b.heartbeat(u);
       await Promise.all([a.flush(), b.flush()]);
-      await h.advance(TTL_MS + 100);
+      await h.advance(TTL_MS + 1);
       await Promise.all([a.sweep(), b.sweep()]);
       await Promise.all([a.sweep(), b.sweep()]);
-      const all = [...sa.transitions, ...sb.transitions];
-      expect(all.sort()).toEqual([[u, "offline"], [u, "online"]]);
+      const all = [...sa.transitions, ...sb.transitions].map((t) => t[1]);
+      expect(all.sort()).toEqual(["offline", "online"]);
     });
 
-    test("a user counts in a room while held and online; exact across instances", async () => {
+    test("a user counts in a room while held and online; exact across instances; counts change at the flush", async () => {
       const [a, b] = [await h.instance(), await h.instance()];
-      const seen = record(a);
       const r = room("count");
       const [u1, u2, u3] = [uid("r1"), uid("r2"), uid("r3")];
+      const seen = record(a, [], [r]);
       expect(a.hold(r, u1)).toBe(true);
       expect(a.hold(r, u1)).toBe(false); // second local socket
       expect(b.hold(r, u1)).toBe(true); // same user on another instance
       b.hold(r, u2);
-      a.hold(r, u3); // held but never heartbeats: not counted
+      a.hold(r, u3); // held but never heartbeats: not counted online
       a.heartbeat(u1);
       b.heartbeat(u2);
-      await Promise.all([a.flush(), b.flush()]);
-      await Promise.all([a.sweep(), b.sweep()]);
-      expect(a.roomCount(r)).toBe(2);
-      expect(b.roomCount(r)).toBe(2);
+      await a.flush();
+      // a's own write changed the room: its view has the new numbers without any sweep
+      expect(numbers(a, r)).toEqual({ online: 1, typing: 0, typingUsers: [], holders: 2 });
+      await b.flush();
+      // b's write is b's to report; a learns it from b (here: a resync)
+      await a.resync();
+      expect(numbers(a, r)).toEqual({ online: 2, typing: 0, typingUsers: [], holders: 3 });
       expect(await a.roomMembers(r)).toEqual([u1, u2].sort());
-      expect(seen.counts.at(-1)!.get(r)).toEqual({ online: 2, typing: 0 });
+      expect(seen.counts.at(-1)).toEqual([r, { online: 2, typing: 0, typingUsers: [], holders: 3 }, "remote"]);
 
       expect(a.release(r, u1)).toBe(false); // one local socket left
       expect(a.release(r, u1)).toBe(true);
-      await a.sweep();
+      await a.flush();
       expect(a.roomCount(r)).toBe(2); // b still holds u1
       b.release(r, u1);
       await b.flush();
-      await a.sweep();
+      await a.resync();
       expect(a.roomCount(r)).toBe(1);
       b.release(r, u2);
       a.release(r, u3);
       await Promise.all([a.flush(), b.flush()]);
-      await a.sweep();
-      expect(a.roomCount(r)).toBe(0);
-      expect(seen.counts.at(-1)!.get(r)).toEqual({ online: 0, typing: 0 });
+      await a.resync();
+      expect(numbers(a, r)).toEqual({ online: 0, typing: 0, typingUsers: [], holders: 0 });
       expect(a.release(r, u1)).toBe(false); // nothing held: no-op
     });
 
-    test("holds are refreshed before they lapse while the user keeps heartbeating", async () => {
-      const m = await h.instance();
-      const r = room("long");
-      const u = uid("long");
-      m.hold(r, u);
-      for (let i = 0; i < 4; i++) {
-        m.heartbeat(u);
-        await m.flush();
-        await m.sweep();
-        expect({ i, count: m.roomCount(r) }).toEqual({ i, count: 1 });
-        await h.advance(TTL_MS / 2);
-      }
+    test("joins and leaves are reported once across instances: a user's first hold anywhere, their last release anywhere", async () => {
+      const [a, b] = [await h.instance(), await h.instance()];
+      const r = room("members");
+      const [u1, u2] = [uid("m1"), uid("m2")];
+      const [sa, sb] = [record(a, [], [r]), record(b, [], [r])];
+      const all = () => [...sa.memberships, ...sb.memberships];
+      a.hold(r, u1);
+      b.hold(r, u1);
+      await Promise.all([a.flush(), b.flush()]);
+      expect(all()).toEqual([[r, u1, "join", 1]]);
+      b.hold(r, u2);
+      await b.flush();
+      expect(sb.memberships.at(-1)).toEqual([r, u2, "join", 2]);
+      a.release(r, u1);
+      await a.flush();
+      expect(all().length).toBe(2); // b still holds u1
+      b.release(r, u1);
+      await b.flush();
+      expect(all().at(-1)).toEqual([r, u1, "leave", 1]);
+      expect(all().length).toBe(3);
     });
 
-    test("typing counts for the typing lifetime", async () => {
+    test("an online or offline transition names the user's rooms on every instance and changes their counts at once", async () => {
+      const [a, b] = [await h.instance(), await h.instance()];
+      const [r1, r2] = [room("t1"), room("t2")];
+      const u = uid("tr");
+      const seen = record(b, [u], [r1, r2]);
+      a.hold(r1, u);
+      b.hold(r2, u);
+      await Promise.all([a.flush(), b.flush()]);
+      b.heartbeat(u);
+      await b.flush();
+      expect(seen.transitions).toEqual([[u, "online", [r1, r2].sort()]]);
+      expect([b.roomCount(r1), b.roomCount(r2)]).toEqual([1, 1]);
+      expect(seen.counts.filter((c) => c[2] === "local").map((c) => [c[0], c[1].online]).sort()).toEqual(
+        [[r1, 1], [r2, 1], [r2, 0]].sort(),
+      );
+      await h.advance(TTL_MS + 1);
+      a.heartbeat(uid("other")); // a's sweep refreshes holds first; the user's own presence lapses
+      await b.sweep();
+      expect(seen.transitions.at(-1)).toEqual([u, "offline", [r1, r2].sort()]);
+      expect([b.roomCount(r1), b.roomCount(r2)]).toEqual([0, 0]);
+    });
+
+    test("holds are refreshed before they lapse; a dead instance's holds lapse by themselves, reported once", async () => {
+      const [alive, dead] = [await h.instance(), await h.instance()];
+      const r = room("long");
+      const [u, v] = [uid("long"), uid("gone")];
+      const seen = record(alive, [], [r]);
+      alive.hold(r, u);
+      dead.hold(r, v);
+      await Promise.all([alive.flush(), dead.flush()]);
+      for (let i = 0; i < 4; i++) {
+        alive.heartbeat(u);
+        await alive.sweep();
+        expect({ i, members: await alive.roomMembers(r) }).toEqual({ i, members: [u] });
+        await h.advance(TTL_MS / 2);
+      }
+      // `dead` never refreshed its hold of v: alive's sweep removed it and reported the leave
+      expect(seen.memberships.filter((m) => m[2] === "leave")).toEqual([[r, v, "leave", 1]]);
+      expect(alive.roomHolders(r)).toBe(1);
+    });
+
+    test("typing counts for the typing lifetime, with who is typing", async () => {
       const m = await h.instance();
       const r = room("typing");
       const [u1, u2] = [uid("t1"), uid("t2")];
@@ -151,17 +212,47 @@ export function presenceContract(name: string, harness: PresenceHarness | null):
       m.typing(r, u2);
       m.typing(r, u2);
       await m.flush();
-      await m.sweep();
-      expect(m.snapshot().get(r)).toEqual({ online: 0, typing: 2 });
+      expect(numbers(m, r)).toEqual({ online: 0, typing: 2, typingUsers: [u1, u2].sort(), holders: 0 });
       await h.advance(TYPING_TTL_MS / 2);
       m.typing(r, u1);
       await m.flush();
-      await h.advance(TYPING_TTL_MS / 2 + 100);
+      await h.advance(TYPING_TTL_MS / 2 + 1);
       await m.sweep();
-      expect(m.snapshot().get(r)).toEqual({ online: 0, typing: 1 });
+      expect(numbers(m, r)).toEqual({ online: 0, typing: 1, typingUsers: [u1], holders: 0 });
       await h.advance(TYPING_TTL_MS);
       await m.sweep();
-      expect(m.snapshot().get(r)).toBeUndefined();
+      expect(numbers(m, r)).toEqual({ online: 0, typing: 0, typingUsers: [], holders: 0 });
+    });
+
+    test("versions order the numbers: an older publication never overwrites a newer one", async () => {
+      const [a, b] = [await h.instance(), await h.instance()];
+      const r = room("ver");
+      const versions: number[] = [];
+      a.onRoomCounts((c) => c.has(r) && versions.push(c.get(r)!.version));
+      a.hold(r, uid("v1"));
+      await a.flush();
+      a.hold(r, uid("v2"));
+      await a.flush();
+      expect(versions.length).toBe(2);
+      expect(versions[1]!).toBeGreaterThan(versions[0]!);
+      const latest = a.snapshot().get(r)!;
+      expect(b.merge(r, latest)).toBe(true);
+      expect(b.merge(r, { ...latest, version: latest.version - 1, holders: 99 })).toBe(false);
+      expect(b.merge(r, latest)).toBe(false);
+      expect(b.roomHolders(r)).toBe(2);
+    });
+
+    test("a sweep with nothing expired changes nothing and reports nothing", async () => {
+      const m = await h.instance();
+      const r = room("quiet");
+      const u = uid("quiet");
+      m.hold(r, u);
+      m.heartbeat(u);
+      await m.flush();
+      const seen = record(m, [u], [r]);
+      await m.sweep();
+      await m.sweep();
+      expect(seen).toEqual({ transitions: [], memberships: [], counts: [] });
     });
   });
 }

@@ -1,21 +1,32 @@
 /**
  * The Store contract (src/storage/store.ts), written once and run on every implementation:
- * store.sqlite.test.ts and store.postgres.test.ts call {@link storeContract}.
+ * store.sqlite.test.ts and store.postgres.test.ts call {@link storeContract}. Every test makes its
+ * own rooms (random slugs) and asserts only on them, so each passes alone and in any order.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { IdGenerator } from "../../src/ids.ts";
-import type { FeedEvent, Message, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
+import type { FeedEvent, Message, MessageWrite, NewMessage, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
+import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 
-export interface StoreHarness {
-  /** A fresh, empty, unmigrated store. */
-  open(): Promise<Store>;
-  /** Removes whatever `open` created. */
-  cleanup(): Promise<void>;
+/** One throwaway database of an implementation. */
+export interface TestDatabase {
+  /** A new connection to this database (unmigrated until someone migrates it). */
+  open(options?: { migrations?: "all" | "before-seq" }): Promise<Store>;
+  /** Runs raw SQL on this database (to set up rows an older schema would have). */
+  raw(sql: string): Promise<void>;
+  drop(): Promise<void>;
 }
 
+export interface StoreHarness {
+  /** A new, empty database. */
+  database(): Promise<TestDatabase>;
+}
+
+const ALL_VERSIONS = POSTGRES_MIGRATIONS.map((m) => m.version);
 const ids = new IdGenerator();
 let clock = Date.UTC(2026, 0, 1, 12);
 const tick = () => (clock += 7);
+const unique = () => Math.random().toString(36).slice(2, 9);
 
 function room(slug: string, extra: Partial<Room> = {}): Room {
   return {
@@ -24,17 +35,19 @@ function room(slug: string, extra: Partial<Room> = {}): Room {
   };
 }
 
-function message(roomId: string, body: string, author = "u_alice"): Message {
+function message(roomId: string, body: string, author = "u_alice"): NewMessage {
   const now = tick();
   return { id: ids.make("message", now), room_id: roomId, author_user_id: author, author_agent_id: null, body, created_at: new Date(now).toISOString() };
 }
 
-function eventFor(m: Message): FeedEvent {
+function eventFor(m: NewMessage): FeedEvent {
   return {
     id: ids.make("feedEvent", Date.parse(m.created_at)), kind: "room_message", room_id: m.room_id, user_id: m.author_user_id, agent_id: null,
     payload: { body: m.body, snippet: m.body.slice(0, 10), message_id: m.id }, created_at: m.created_at,
   };
 }
+
+const writes = (ms: NewMessage[]): MessageWrite[] => ms.map((m) => ({ message: m, event: eventFor(m) }));
 
 /**
  * The rejection of `p`. (Bun's `expect(p).rejects` does not see a rejection that arrives as a
@@ -51,33 +64,83 @@ async function rejection(p: Promise<unknown>): Promise<Error> {
 
 export function storeContract(name: string, harness: StoreHarness | null): void {
   describe.skipIf(harness === null)(`Store contract: ${name}`, () => {
+    let db: TestDatabase;
     let store: Store;
+    /** A new room of this test's own, created empty. */
+    const newRoom = async (extra: Partial<Room> = {}) => {
+      const r = room(`t-${unique()}`, extra);
+      expect(await store.createRoom(r, { messages: [], events: [] })).toBe(true);
+      return r;
+    };
     beforeAll(async () => {
-      store = await harness!.open();
+      db = await harness!.database();
+      store = await db.open();
+      await store.migrate();
     });
     afterAll(async () => {
       await store?.close();
-      await harness!.cleanup();
+      await db?.drop();
     });
 
     test("migrate applies every version once and is a no-op the second time", async () => {
-      expect(await store.migrate()).toEqual(["0001_city", "0002_secondme_status"]);
-      expect(await store.migrate()).toEqual([]);
-      await store.ping();
-    });
-
-    test("migrate from two connections at once applies each version exactly once", async () => {
-      const other = await harness!.open();
+      const fresh = await harness!.database();
+      const s = await fresh.open();
       try {
-        const [a, b] = await Promise.all([store.migrate(), other.migrate()]);
-        expect([...a, ...b]).toEqual([]);
+        expect(await s.migrate()).toEqual(ALL_VERSIONS);
+        expect(await s.migrate()).toEqual([]);
+        await s.ping();
       } finally {
-        await other.close();
+        await s.close();
+        await fresh.drop();
       }
     });
 
-    test("createRoom writes the room with its seed, and refuses a taken id or slug without writing", async () => {
-      const r = room("general", { is_default: true, description: "Головна кімната міста" });
+    test("migrate from two connections at once applies each version exactly once", async () => {
+      const fresh = await harness!.database();
+      const [a, b] = [await fresh.open(), await fresh.open()];
+      try {
+        const [x, y] = await Promise.all([a.migrate(), b.migrate()]);
+        expect([...x, ...y].sort()).toEqual(ALL_VERSIONS);
+      } finally {
+        await a.close();
+        await b.close();
+        await fresh.drop();
+      }
+    });
+
+    test("the seq migration numbers existing messages per room in id order", async () => {
+      const fresh = await harness!.database();
+      const old = await fresh.open({ migrations: "before-seq" });
+      try {
+        expect(await old.migrate()).toEqual(ALL_VERSIONS.filter((v) => v < "0003"));
+        const at = (i: number) => new Date(Date.UTC(2026, 0, 1, 0, 0, i)).toISOString();
+        await fresh.raw(`insert into city_rooms (id, slug, name, is_default, created_at) values
+          ('room_city_a', 'a', 'A', false, '${at(0)}'), ('room_city_b', 'b', 'B', false, '${at(0)}')`.replace(/false/g, name === "sqlite" ? "0" : "false"));
+        const rows = ["m_city_01K000000000000000000000A3:a", "m_city_01K000000000000000000000A1:a", "m_city_01K000000000000000000000B1:b", "m_city_01K000000000000000000000A2:a"];
+        for (const [i, r] of rows.entries()) {
+          const [id, slug] = r.split(":");
+          await fresh.raw(`insert into city_room_messages (id, room_id, author_user_id, body, created_at) values ('${id}', 'room_city_${slug}', 'u_x', '${id}', '${at(i)}')`);
+        }
+      } finally {
+        await old.close();
+      }
+      const s = await fresh.open();
+      try {
+        expect(await s.migrate()).toEqual(["0003_room_seq"]);
+        const a = await s.listMessages("room_city_a", { limit: 10 });
+        expect(a.map((m) => [m.id.slice(-2), m.seq])).toEqual([["A1", 1], ["A2", 2], ["A3", 3]]);
+        expect((await s.listMessages("room_city_b", { limit: 10 })).map((m) => m.seq)).toEqual([1]);
+        expect(await s.lastSeqs(["room_city_a", "room_city_b"])).toEqual(new Map([["room_city_a", 3], ["room_city_b", 1]]));
+        // numbering goes on after the migrated rows
+        expect(await s.appendMessages("room_city_a", writes([message("room_city_a", "new")]))).toBe(4);
+      } finally {
+        await s.close();
+        await fresh.drop();
+      }
+    });
+
+    test("createRoom writes the room with its seed numbered from 1, and refuses a taken id or slug without writing", async () => {
+      const r = room(`g-${unique()}`, { is_default: true, description: "Головна кімната міста" });
       const welcome = { ...message(r.id, "Ласкаво просимо"), author_user_id: null };
       const system: FeedEvent = { ...eventFor(welcome), kind: "system", user_id: null };
       expect(await store.createRoom(r, { messages: [welcome], events: [system] })).toBe(true);
@@ -85,91 +148,142 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
 
       const again = { ...message(r.id, "second welcome"), author_user_id: null };
       expect(await store.createRoom(r, { messages: [again], events: [] })).toBe(false);
-      const sameSlugOtherName = { ...r, name: "Other" };
-      expect(await store.createRoom(sameSlugOtherName, { messages: [], events: [] })).toBe(false);
+      const sameSlugOtherId = { ...r, id: `${r.id}x`, name: "Other" };
+      expect(await store.createRoom(sameSlugOtherId, { messages: [], events: [] })).toBe(false);
       expect(await store.getRoom(r.id)).toEqual(r);
-      const msgs = await store.listMessages(r.id, { limit: 10 });
-      expect(msgs.map((m) => m.body)).toEqual(["Ласкаво просимо"]);
-      const feed = await store.listFeed({ limit: 10 });
-      expect(feed.filter((e) => e.room_id === r.id).map((e) => e.kind)).toEqual(["system"]);
-      expect(feed[0]!.payload).toEqual(system.payload);
+      expect(await store.listMessages(r.id, { limit: 10 })).toEqual([{ ...welcome, seq: 1 }]);
+      expect(await store.lastSeqs([r.id])).toEqual(new Map([[r.id, 1]]));
+      const feed = await store.listFeed({ limit: 100 });
+      expect(feed.filter((e) => e.room_id === r.id)).toEqual([system]);
     });
 
     test("getRoom of an unknown id is null", async () => {
       expect(await store.getRoom("room_city_nope")).toBeNull();
     });
 
-    test("appendMessages is atomic: a batch with a bad row writes nothing", async () => {
-      const r = room("atomic");
-      await store.createRoom(r, { messages: [], events: [] });
-      const good = message(r.id, "good");
-      const bad = message("room_city_missing", "bad room");
-      const err = await rejection(store.appendMessages([{ message: good, event: eventFor(good) }, { message: bad, event: eventFor(bad) }]));
-      expect(err.message).toMatch(/foreign key/i);
-      expect(await store.listMessages(r.id, { limit: 10 })).toEqual([]);
-      expect((await store.listFeed({ limit: 100 })).some((e) => e.id === eventFor(good).id)).toBe(false);
+    test("appendMessages numbers a batch after the room's last seq and returns the first", async () => {
+      const r = await newRoom();
+      expect(await store.appendMessages(r.id, writes([message(r.id, "a"), message(r.id, "b")]))).toBe(1);
+      expect(await store.appendMessages(r.id, writes([message(r.id, "c")]))).toBe(2 + 1);
+      const got = await store.listMessages(r.id, { limit: 10 });
+      expect(got.map((m) => [m.seq, m.body])).toEqual([[1, "a"], [2, "b"], [3, "c"]]);
+      expect(Object.keys(got[0]!).sort()).toEqual(["author_agent_id", "author_user_id", "body", "created_at", "id", "room_id", "seq"]);
     });
 
-    test("messages page oldest-first by id: latest N, before, after", async () => {
-      const r = room("paging");
-      await store.createRoom(r, { messages: [], events: [] });
+    test("appendMessages is atomic: a batch with a bad row writes nothing and uses no seq", async () => {
+      const r = await newRoom();
+      const good = message(r.id, "good");
+      const err = await rejection(store.appendMessages(r.id, writes([good, good])));
+      expect(err.message).toMatch(/unique|primary key|duplicate/i);
+      expect(await store.listMessages(r.id, { limit: 10 })).toEqual([]);
+      expect((await store.listFeed({ limit: 100 })).some((e) => e.room_id === r.id)).toBe(false);
+      expect(await store.lastSeqs([r.id])).toEqual(new Map([[r.id, 0]]));
+      expect(await store.appendMessages(r.id, writes([message(r.id, "next")]))).toBe(1);
+    });
+
+    test("appendMessages to an unknown room, or with a message of another room, fails and writes nothing", async () => {
+      const r = await newRoom();
+      const ghost = "room_city_ghost-" + unique();
+      expect((await rejection(store.appendMessages(ghost, writes([message(ghost, "x")])))).message).toMatch(/does not exist/);
+      expect((await rejection(store.appendMessages(r.id, writes([message(r.id, "mine"), message(ghost, "theirs")])))).message).toMatch(/not in room/);
+      expect(await store.listMessages(r.id, { limit: 10 })).toEqual([]);
+      expect(await store.lastSeqs([r.id, ghost])).toEqual(new Map([[r.id, 0]]));
+    });
+
+    test("writers on two connections share one room: every seq once, no gap, each batch contiguous", async () => {
+      const r = await newRoom();
+      const other = await db.open();
+      try {
+        const batches = Array.from({ length: 40 }, (_, i) => writes(Array.from({ length: 1 + (i % 4) }, (_, j) => message(r.id, `${i}.${j}`))));
+        const firsts = await Promise.all(batches.map((b, i) => (i % 2 ? other : store).appendMessages(r.id, b)));
+        const all = await store.listMessages(r.id, { limit: 1000 });
+        const total = batches.reduce((n, b) => n + b.length, 0);
+        expect(all.map((m) => m.seq)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+        batches.forEach((b, i) => {
+          const seqs = b.map((w) => all.find((m) => m.id === w.message.id)!.seq);
+          expect(seqs).toEqual(b.map((_, j) => firsts[i]! + j));
+        });
+      } finally {
+        await other.close();
+      }
+    });
+
+    test("messages page in seq order: latest N, before, after, oldest-first from a cursor", async () => {
+      const r = await newRoom();
       const written = Array.from({ length: 12 }, (_, i) => message(r.id, `m${i}`, i % 2 ? "u_bob" : "u_alice"));
-      await store.appendMessages(written.slice(0, 5).map((m) => ({ message: m, event: eventFor(m) })));
-      await store.appendMessages(written.slice(5).map((m) => ({ message: m, event: eventFor(m) })));
+      await store.appendMessages(r.id, writes(written.slice(0, 5)));
+      await store.appendMessages(r.id, writes(written.slice(5)));
       const bodies = (ms: Message[]) => ms.map((m) => m.body);
 
-      expect(await store.listMessages(r.id, { limit: 3 })).toEqual(written.slice(9));
-      expect(bodies(await store.listMessages(r.id, { limit: 4, before: written[6]!.id }))).toEqual(["m2", "m3", "m4", "m5"]);
-      expect(bodies(await store.listMessages(r.id, { limit: 100, after: written[8]!.id }))).toEqual(["m9", "m10", "m11"]);
-      // after + limit keeps the newest: recovery replays the latest N when more were missed
-      expect(bodies(await store.listMessages(r.id, { limit: 2, after: written[3]!.id }))).toEqual(["m10", "m11"]);
-      expect(await store.listMessages(r.id, { limit: 10, after: written[11]!.id })).toEqual([]);
+      expect(await store.listMessages(r.id, { limit: 3 })).toEqual(written.slice(9).map((m, i) => ({ ...m, seq: 10 + i })));
+      expect(bodies(await store.listMessages(r.id, { limit: 4, beforeSeq: 7 }))).toEqual(["m2", "m3", "m4", "m5"]);
+      expect(bodies(await store.listMessages(r.id, { limit: 100, afterSeq: 9 }))).toEqual(["m9", "m10", "m11"]);
+      // afterSeq + limit keeps the newest: recovery replays the latest N when more were missed
+      expect(bodies(await store.listMessages(r.id, { limit: 2, afterSeq: 4 }))).toEqual(["m10", "m11"]);
+      // …and with `oldest` the first N after the cursor: a gap filler reads forward in pages
+      expect(bodies(await store.listMessages(r.id, { limit: 2, afterSeq: 4, oldest: true }))).toEqual(["m4", "m5"]);
+      expect(bodies(await store.listMessages(r.id, { limit: 10, afterSeq: 4, beforeSeq: 7, oldest: true }))).toEqual(["m4", "m5"]);
+      expect(await store.listMessages(r.id, { limit: 10, afterSeq: 12 })).toEqual([]);
       expect(await store.listMessages("room_city_other", { limit: 10 })).toEqual([]);
+      expect(await store.messageSeq(r.id, written[6]!.id)).toBe(7);
+      expect(await store.messageSeq("room_city_other", written[6]!.id)).toBeNull();
+      expect(await store.messageSeq(r.id, ids.make("message", tick()))).toBeNull();
+    });
+
+    test("lastSeqs answers many rooms in one call and leaves unknown rooms out", async () => {
+      const [a, b] = [await newRoom(), await newRoom()];
+      await store.appendMessages(a.id, writes([message(a.id, "1"), message(a.id, "2")]));
+      expect(await store.lastSeqs([a.id, b.id, "room_city_unknown"])).toEqual(new Map([[a.id, 2], [b.id, 0]]));
+      expect(await store.lastSeqs([])).toEqual(new Map());
     });
 
     test("listRooms orders by creation, pages, and carries last_event", async () => {
-      const rooms = await store.listRooms({ limit: 100, offset: 0 });
-      const slugs = rooms.map((r) => r.slug);
-      expect(slugs).toEqual(["general", "atomic", "paging"]);
-      const paging = rooms.find((r) => r.slug === "paging")!;
-      const latest = await store.listMessages(paging.id, { limit: 1 });
-      expect(paging.last_event).toBe(latest[0]!.created_at);
-      expect(rooms.find((r) => r.slug === "atomic")!.last_event).toBeNull();
-      expect((await store.listRooms({ limit: 1, offset: 1 })).map((r) => r.slug)).toEqual(["atomic"]);
+      const mine = [await newRoom(), await newRoom(), await newRoom()];
+      const first = message(mine[1]!.id, "first");
+      const m = message(mine[1]!.id, "latest");
+      await store.appendMessages(mine[1]!.id, writes([first, m]));
+      const rooms = (await store.listRooms({ limit: 200, offset: 0 })).filter((r) => mine.some((x) => x.id === r.id));
+      expect(rooms.map((r) => r.id)).toEqual(mine.map((r) => r.id));
+      expect(rooms[1]!.last_event).toBe(m.created_at);
+      expect(rooms[0]!.last_event).toBeNull();
+      const all = await store.listRooms({ limit: 200, offset: 0 });
+      const at = all.findIndex((r) => r.id === mine[1]!.id);
+      expect((await store.listRooms({ limit: 1, offset: at })).map((r) => r.id)).toEqual([mine[1]!.id]);
     });
 
     test("listFeed is newest-first and pages with before", async () => {
-      const all = await store.listFeed({ limit: 100 });
-      expect(all.length).toBe(13); // 1 system + 12 room_message
-      const sorted = [...all].sort((a, b) => (a.id < b.id ? 1 : -1));
-      expect(all.map((e) => e.id)).toEqual(sorted.map((e) => e.id));
-      const page2 = await store.listFeed({ limit: 5, before: all[4]!.id });
-      expect(page2.map((e) => e.id)).toEqual(all.slice(5, 10).map((e) => e.id));
-      expect(all[0]!.kind).toBe("room_message");
-      expect(typeof all[0]!.payload.body).toBe("string");
+      const r = await newRoom();
+      const written = Array.from({ length: 12 }, (_, i) => message(r.id, `f${i}`));
+      await store.appendMessages(r.id, writes(written));
+      const top = await store.listFeed({ limit: 12 });
+      expect(top.map((e) => e.payload.message_id)).toEqual([...written].reverse().map((m) => m.id));
+      const page2 = await store.listFeed({ limit: 5, before: top[4]!.id });
+      expect(page2.map((e) => e.id)).toEqual(top.slice(5, 10).map((e) => e.id));
+      expect(top[0]!.kind).toBe("room_message");
+      expect(typeof top[0]!.payload.body).toBe("string");
     });
 
     test("unicode and quotes survive the round trip", async () => {
-      const r = room("unicode");
-      await store.createRoom(r, { messages: [], events: [] });
+      const r = await newRoom();
       const body = `Привіт "місто" \\ ' 🚀 {"json": [1]} ,{}`;
-      const m = message(r.id, body);
-      await store.appendMessages([{ message: m, event: eventFor(m) }]);
+      await store.appendMessages(r.id, writes([message(r.id, body)]));
       expect((await store.listMessages(r.id, { limit: 1 }))[0]!.body).toBe(body);
-      const ev = (await store.listFeed({ limit: 1 }))[0]!;
+      const ev = (await store.listFeed({ limit: 100 })).find((e) => e.room_id === r.id)!;
       expect(ev.payload.body).toBe(body);
     });
 
     test("Second Me: one active session per user, messages in order, status, stats, clear", async () => {
+      const u = `u_sm${unique()}`;
+      const o = `u_other${unique()}`;
       const at = () => new Date(tick()).toISOString();
-      const s1 = await store.secondmeSession("u_sm", { id: ids.make("secondmeSession", tick()), created_at: at() });
-      expect(await store.secondmeSession("u_sm", { id: ids.make("secondmeSession", tick()), created_at: at() })).toBe(s1);
-      const other = await store.secondmeSession("u_other", { id: ids.make("secondmeSession", tick()), created_at: at() });
+      const s1 = await store.secondmeSession(u, { id: ids.make("secondmeSession", tick()), created_at: at() });
+      expect(await store.secondmeSession(u, { id: ids.make("secondmeSession", tick()), created_at: at() })).toBe(s1);
+      const other = await store.secondmeSession(o, { id: ids.make("secondmeSession", tick()), created_at: at() });
       expect(other).not.toBe(s1);
       const msg = (role: "user" | "assistant", content: string, extra: Partial<SecondmeMessage> = {}): SecondmeMessage => {
         const now = tick();
         return {
-          id: ids.make("secondmeMessage", now), session_id: s1, user_id: "u_sm", role, content, tokens_used: null, latency_ms: null,
+          id: ids.make("secondmeMessage", now), session_id: s1, user_id: u, role, content, tokens_used: null, latency_ms: null,
           status: role === "user" ? "pending" : "answered", error: null, created_at: new Date(now).toISOString(), ...extra,
         };
       };
@@ -179,29 +293,31 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
       for (const m of [q1, a1, q2]) await store.appendSecondmeMessage(m);
       await store.setSecondmeStatus(q1.id, "answered", null);
       await store.setSecondmeStatus(q2.id, "unanswered", "agents_core_timeout");
-      const history = await store.listSecondmeMessages("u_sm", 10);
+      const history = await store.listSecondmeMessages(u, 10);
       expect(history.map((m) => [m.role, m.content, m.status, m.error])).toEqual([
         ["user", "привіт?", "answered", null],
         ["assistant", "Вітаю!", "answered", null],
         ["user", "ще раз", "unanswered", "agents_core_timeout"],
       ]);
       expect(history[1]).toEqual(a1);
-      expect((await store.listSecondmeMessages("u_sm", 2)).map((m) => m.content)).toEqual(["Вітаю!", "ще раз"]);
-      expect(await store.secondmeStats("u_sm")).toEqual({ sessions: 1, messages: 3, total_tokens: 42, avg_latency_ms: 120, last_interaction: q2.created_at });
+      expect((await store.listSecondmeMessages(u, 2)).map((m) => m.content)).toEqual(["Вітаю!", "ще раз"]);
+      expect(await store.secondmeStats(u)).toEqual({ sessions: 1, messages: 3, total_tokens: 42, avg_latency_ms: 120, last_interaction: q2.created_at });
       expect(await store.secondmeStats("u_nobody")).toEqual({ sessions: 0, messages: 0, total_tokens: 0, avg_latency_ms: null, last_interaction: null });
-      expect(await store.clearSecondme("u_sm")).toBe(3);
-      expect(await store.listSecondmeMessages("u_sm", 10)).toEqual([]);
-      expect((await store.secondmeStats("u_sm")).sessions).toBe(0);
-      expect(await store.secondmeSession("u_other", { id: "smsess_unused", created_at: at() })).toBe(other);
+      expect(await store.clearSecondme(u)).toBe(3);
+      expect(await store.listSecondmeMessages(u, 10)).toEqual([]);
+      expect((await store.secondmeStats(u)).sessions).toBe(0);
+      expect(await store.secondmeSession(o, { id: "smsess_unused", created_at: at() })).toBe(other);
     });
 
     test("listRoomMatrixMappings returns every room's mapping by slug", async () => {
-      await store.createRoom(room("energy", { matrix_room_id: "!abc:daarion.space", matrix_room_alias: "#city_energy:daarion.space" }), { messages: [], events: [] });
-      const map = await store.listRoomMatrixMappings();
-      expect(map.map((m) => m.slug)).toEqual(["atomic", "energy", "general", "paging", "unicode"]);
-      expect(map.find((m) => m.slug === "energy")).toEqual({
-        id: "room_city_energy", slug: "energy", matrix_room_id: "!abc:daarion.space", matrix_room_alias: "#city_energy:daarion.space",
-      });
+      const s = unique();
+      await store.createRoom(room(`energy-${s}`, { matrix_room_id: "!abc:daarion.space", matrix_room_alias: "#city_energy:daarion.space" }), { messages: [], events: [] });
+      await store.createRoom(room(`atomic-${s}`), { messages: [], events: [] });
+      const map = (await store.listRoomMatrixMappings()).filter((m) => m.slug.endsWith(s));
+      expect(map).toEqual([
+        { id: `room_city_atomic-${s}`, slug: `atomic-${s}`, matrix_room_id: null, matrix_room_alias: null },
+        { id: `room_city_energy-${s}`, slug: `energy-${s}`, matrix_room_id: "!abc:daarion.space", matrix_room_alias: "#city_energy:daarion.space" },
+      ]);
     });
   });
 }

@@ -1,13 +1,28 @@
+import postgres from "postgres";
+import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 import { PostgresStore } from "../../src/storage/postgres.ts";
 import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
 import { storeContract } from "./store.contract.ts";
 
 const base = engineUrl("DATABASE_URL", "Store contract: postgres");
-const db = base ? await createTestDatabase(base) : null;
 storeContract(
   "postgres",
-  db && {
-    open: async () => new PostgresStore({ url: db.url, poolMax: 4 }),
-    cleanup: () => db.drop(),
+  base === null ? null : {
+    database: async () => {
+      const db = await createTestDatabase(base);
+      return {
+        open: async (o) =>
+          new PostgresStore({ url: db.url, poolMax: 4, migrations: o?.migrations === "before-seq" ? POSTGRES_MIGRATIONS.filter((m) => m.version < "0003") : undefined }),
+        raw: async (sql) => {
+          const c = postgres(db.url, { max: 1, onnotice: () => {} });
+          try {
+            await c.unsafe(sql);
+          } finally {
+            await c.end();
+          }
+        },
+        drop: db.drop,
+      };
+    },
   },
 );

@@ -6,7 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { signToken } from "../../src/auth/tokens.ts";
-import { startCity, type CityInstance, type StartOptions } from "../../src/city.ts";
+import { startCity, type CityInstance, type StartOptions } from "../../src/bootstrap.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
 

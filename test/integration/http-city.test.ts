@@ -78,11 +78,18 @@ describe("city HTTP API", () => {
     expect(await snapshot()).toEqual(before);
   });
 
-  test("messages page oldest-first with before and limit", async () => {
+  test("messages page in seq order with before (a message id or a seq) and limit", async () => {
     const ids: string[] = [];
-    for (let i = 0; i < 6; i++) ids.push((await call("POST", "/city/rooms/room_city_lab-1/messages", { token: alice, json: { body: `p${i}` } })).json.id);
+    const seqs: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      const m = (await call("POST", "/city/rooms/room_city_lab-1/messages", { token: alice, json: { body: `p${i}` } })).json;
+      ids.push(m.id);
+      seqs.push(m.seq);
+    }
+    expect(seqs).toEqual(seqs.map((_, i) => seqs[0]! + i));
     const page = await call("GET", `/city/rooms/room_city_lab-1/messages?before=${ids[4]}&limit=3`);
     expect(page.json.map((m: any) => m.body)).toEqual(["p1", "p2", "p3"]);
+    expect((await call("GET", `/city/rooms/room_city_lab-1/messages?before=${seqs[4]}&limit=3`)).json).toEqual(page.json);
     expect((await call("GET", `/city/rooms/room_city_lab-1/messages?limit=2`)).json.map((m: any) => m.body)).toEqual(["p4", "p5"]);
     const feed = await call("GET", "/city/feed?limit=2");
     expect(feed.json.map((e: any) => e.payload.body)).toEqual(["p5", "p4"]);
@@ -132,7 +139,8 @@ describe("city HTTP API", () => {
       ["garbage token", "POST", "/city/rooms", { token: "garbage", json: { name: "X", slug: "okslug" } }, 401, "unauthorized"],
       ["forged token on a read", "GET", "/city/rooms", { token: "forged" }, 401, "unauthorized"],
       ["non-bearer authorization", "POST", "/city/rooms", { headers: { authorization: "Basic dTpw" }, json: { name: "X", slug: "okslug" } }, 401, "unauthorized"],
-      ["before that is not a ULID", "GET", "/city/rooms/room_city_general/messages?before=123", {}, 400, "invalid_cursor"],
+      ["before that is neither a seq nor a message id", "GET", "/city/rooms/room_city_general/messages?before=m_123", {}, 400, "invalid_cursor"],
+      ["before naming a message the room does not have", "GET", "/city/rooms/room_city_general/messages?before=m_city_01K00000000000000000000000", {}, 400, "invalid_cursor"],
       ["feed before of the wrong kind", "GET", "/city/feed?before=m_city_01JD4Q1W3YB4T6Z0R9J8K7H5G2", {}, 400, "invalid_cursor"],
       ["limit out of range", "GET", "/city/rooms?limit=0", {}, 400, "validation_failed"],
       ["limit not a number", "GET", "/city/feed?limit=lots", {}, 400, "validation_failed"],

@@ -39,7 +39,9 @@ for (const variant of variants) {
     beforeAll(async () => {
       const made = await variant.env();
       drop = made.drop;
-      city = await startTestCity({ ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", ROOM_RECOVERY_MAX_MESSAGES: "50", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5" });
+      city = await startTestCity({
+        ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", ROOM_RECOVERY_MAX_MESSAGES: "50", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: "50",
+      });
       alice = await city.token("u_alice");
       bob = await city.token("u_bob");
     });
@@ -57,7 +59,8 @@ for (const variant of variants) {
       const got = await b.next((f) => f.event === "room.message");
       expect(Object.keys(got).sort()).toEqual(["event", "message", "room_id"]);
       expect(got.room_id).toBe(GENERAL);
-      expect(Object.keys(got.message)).toEqual(["id", "author_user_id", "author_agent_id", "body", "created_at"]);
+      expect(Object.keys(got.message)).toEqual(["id", "seq", "author_user_id", "author_agent_id", "body", "created_at"]);
+      expect(Number.isInteger(got.message.seq) && got.message.seq > 1).toBe(true);
       expect(got.message).toMatchObject({ author_user_id: "u_alice", author_agent_id: null, body: "Привіт місто!" });
       expect(got.message.id).toMatch(/^m_city_[0-9A-HJKMNP-TV-Z]{26}$/);
       // the sender's acknowledgement is the same publication; anonymous readers get it too
@@ -154,7 +157,7 @@ for (const variant of variants) {
       const s = await open(`/ws/city/rooms/${room}`);
       expect((await city.http(`/city/rooms/${room}/join`, { method: "POST" })).status).toBe(401);
       const res = await city.http(`/city/rooms/${room}/join`, { method: "POST", token: alice });
-      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_alice" });
+      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_alice", announced: true });
       expect(await s.next((f) => f.event === "room.join")).toEqual({ event: "room.join", room_id: room, user_id: "u_alice" });
       await city.http(`/city/rooms/${room}/leave`, { method: "POST", token: alice });
       expect(await s.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_alice" });

@@ -11,8 +11,8 @@ const SECRET = "k".repeat(40);
 describe("tokens", () => {
   test("a signed token verifies to its subject", async () => {
     const v = await TokenVerifier.create({ secret: SECRET });
-    expect(await v.verify(await signToken(SECRET, "u_alice", 60))).toEqual({ userId: "u_alice" });
-    expect(await v.fromAuthorization(`Bearer ${await signToken(SECRET, "u_bob", 60)}`)).toEqual({ userId: "u_bob" });
+    expect(await v.verify(await signToken(SECRET, "u_alice", 60))).toMatchObject({ userId: "u_alice" });
+    expect(await v.fromAuthorization(`Bearer ${await signToken(SECRET, "u_bob", 60)}`)).toMatchObject({ userId: "u_bob" });
     expect(await v.fromAuthorization(undefined)).toBeNull();
   });
 
@@ -34,7 +34,7 @@ describe("tokens", () => {
 
   test("issuer and audience are enforced when configured", async () => {
     const v = await TokenVerifier.create({ secret: SECRET, issuer: "daarion", audience: "city" });
-    expect(await v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toEqual({ userId: "u_a" });
+    expect(await v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toMatchObject({ userId: "u_a" });
     await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" }))).rejects.toMatchObject({ code: "unauthorized" });
   });
 
@@ -42,8 +42,8 @@ describe("tokens", () => {
     const { publicKey, privateKey } = await generateKeyPair("RS256");
     const v = await TokenVerifier.create({ secret: SECRET, publicKeyPem: await exportSPKI(publicKey) });
     const rs = await new SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("u_ext").setExpirationTime("1h").sign(privateKey);
-    expect(await v.verify(rs)).toEqual({ userId: "u_ext" });
-    expect(await v.verify(await signToken(SECRET, "u_local", 60))).toEqual({ userId: "u_local" });
+    expect(await v.verify(rs)).toMatchObject({ userId: "u_ext" });
+    expect(await v.verify(await signToken(SECRET, "u_local", 60))).toMatchObject({ userId: "u_local" });
     const hsOnly = await TokenVerifier.create({ secret: SECRET });
     await expect(hsOnly.verify(rs)).rejects.toMatchObject({ code: "unauthorized" });
   });
@@ -75,10 +75,37 @@ describe("token cache", () => {
     const clock = new ManualClock(Date.now());
     const v = await TokenVerifier.create({ secret: SECRET, clock });
     const t = await signToken(SECRET, "u_short", 10);
-    expect(await v.verify(t)).toEqual({ userId: "u_short" });
+    expect(await v.verify(t)).toMatchObject({ userId: "u_short" });
     clock.advance(9_000);
-    expect(await v.verify(t)).toEqual({ userId: "u_short" }); // from the cache
+    expect(await v.verify(t)).toMatchObject({ userId: "u_short" }); // from the cache
     clock.advance(7_000);
     await expect(v.verify(t)).rejects.toThrow("token expired");
+  });
+});
+
+describe("token lifetime", () => {
+  test("a principal carries when its token stops being honoured: exp (with the 5 s tolerance), capped by the maximum lifetime", async () => {
+    const clock = new ManualClock(Date.now());
+    const v = await TokenVerifier.create({ secret: SECRET, clock, maxTtlSeconds: 3600 });
+    const short = await signToken(SECRET, "u_a", 60);
+    const { exp } = JSON.parse(atob(short.split(".")[1]!)) as { exp: number };
+    expect((await v.verify(short)).expiresAt).toBe(exp * 1000 + 5000);
+    const long = await signToken(SECRET, "u_a", 7 * 24 * 3600);
+    const { iat } = JSON.parse(atob(long.split(".")[1]!)) as { iat: number };
+    expect((await v.verify(long)).expiresAt).toBe(iat * 1000 + 3600_000);
+  });
+
+  test("a token without exp is honoured for the maximum lifetime only, from its iat or else its first use", async () => {
+    const clock = new ManualClock(Date.now());
+    const v = await TokenVerifier.create({ secret: SECRET, clock, maxTtlSeconds: 60 });
+    const key = new TextEncoder().encode(SECRET);
+    const noExp = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_forever").setIssuedAt(Math.floor(clock.now() / 1000)).sign(key);
+    const bare = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_bare").sign(key);
+    expect((await v.verify(noExp)).expiresAt).toBe(Math.floor(clock.now() / 1000) * 1000 + 60_000);
+    const first = clock.now();
+    expect((await v.verify(bare)).expiresAt).toBe(first + 60_000);
+    clock.advance(61_000);
+    await expect(v.verify(noExp)).rejects.toThrow("maximum token lifetime");
+    await expect(v.verify(bare)).rejects.toThrow("maximum token lifetime");
   });
 });

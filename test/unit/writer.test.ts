@@ -1,5 +1,6 @@
 /**
- * MessageWriter on a real (in-memory) SQLite store: group commit per room, order, failure, drain.
+ * MessageWriter on a real (in-memory) SQLite store: group commit per room, seq numbering, order,
+ * failure, drain.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { systemClock } from "../../src/clock.ts";
@@ -7,77 +8,75 @@ import { IdGenerator } from "../../src/ids.ts";
 import { silentLogger } from "../../src/log.ts";
 import { feedPayload, MessageWriter } from "../../src/modules/city/writer.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
-import type { MessageWrite, Room } from "../../src/storage/store.ts";
+import type { Message, Room } from "../../src/storage/store.ts";
 
 const store = new SqliteStore({ file: ":memory:" });
 const room = (slug: string): Room => ({
   id: `room_city_${slug}`, slug, name: slug, description: null, is_default: false, created_at: new Date().toISOString(),
   created_by: null, matrix_room_id: null, matrix_room_alias: null,
 });
+let n = 0;
+/** A new empty room of the calling test's own. */
+const newRoom = async () => {
+  const r = room(`w${n++}-${Math.random().toString(36).slice(2, 7)}`);
+  await store.createRoom(r, { messages: [], events: [] });
+  return r.id;
+};
 
-beforeAll(async () => {
-  await store.migrate();
-  await store.createRoom(room("a"), { messages: [], events: [] });
-  await store.createRoom(room("b"), { messages: [], events: [] });
-});
+beforeAll(() => store.migrate());
 afterAll(() => store.close());
 
-function writer(committed: MessageWrite[][]) {
+function writer(committed: Message[][]) {
   return new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64 });
 }
 const draft = (roomId: string, body: string) => ({ roomId, authorUserId: "u_a", authorAgentId: null, body });
 
 describe("MessageWriter", () => {
-  test("concurrent writes to a room are committed in a few batches, in call order, ids ascending", async () => {
-    const committed: MessageWrite[][] = [];
+  test("concurrent writes to a room are committed in a few batches, in call order, seq 1, 2, 3, …", async () => {
+    const r = await newRoom();
+    const committed: Message[][] = [];
     const w = writer(committed);
-    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => w.write(draft("room_city_a", `m${i}`))));
+    const results = await Promise.all(Array.from({ length: 200 }, (_, i) => w.write(draft(r, `m${i}`))));
     expect(results.map((m) => m.body)).toEqual(Array.from({ length: 200 }, (_, i) => `m${i}`));
+    expect(results.map((m) => m.seq)).toEqual(Array.from({ length: 200 }, (_, i) => i + 1));
     expect(results.map((m) => m.id)).toEqual(results.map((m) => m.id).sort());
     // the first write goes alone; the rest queue behind it and go in batches of at most 64
     expect(committed.length).toBeLessThan(200);
     expect(Math.max(...committed.map((b) => b.length))).toBe(64);
-    expect(committed.flat().map((x) => x.message.id)).toEqual(results.map((m) => m.id));
-    const stored = await store.listMessages("room_city_a", { limit: 500 });
-    expect(stored.map((m) => m.id)).toEqual(results.map((m) => m.id));
+    expect(committed.flat()).toEqual(results);
+    expect(await store.listMessages(r, { limit: 500 })).toEqual(results);
     const feed = await store.listFeed({ limit: 1 });
-    expect(feed[0]).toMatchObject({ kind: "room_message", room_id: "room_city_a", user_id: "u_a", payload: feedPayload(results.at(-1)!) });
+    expect(feed[0]).toMatchObject({ kind: "room_message", room_id: r, user_id: "u_a", payload: feedPayload(results.at(-1)!) });
+  });
+
+  test("two writers on one store share a room's numbering", async () => {
+    const r = await newRoom();
+    const [a, b] = [writer([]), writer([])];
+    const got = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 ? a : b).write(draft(r, `x${i}`))));
+    expect(got.map((m) => m.seq).sort((x, y) => x - y)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
   });
 
   test("a failed commit rejects its writes with store_unavailable and publishes nothing; other rooms carry on", async () => {
-    const committed: MessageWrite[][] = [];
+    const r = await newRoom();
+    const committed: Message[][] = [];
     const w = writer(committed);
     const lost = w.write(draft("room_city_missing", "nowhere"));
-    const fine = w.write(draft("room_city_b", "somewhere"));
+    const fine = w.write(draft(r, "somewhere"));
     await expect(lost).rejects.toMatchObject({ code: "store_unavailable", status: 503 });
-    expect((await fine).body).toBe("somewhere");
-    expect(committed.flat().map((x) => x.message.body)).toEqual(["somewhere"]);
+    expect(await fine).toMatchObject({ body: "somewhere", seq: 1 });
+    expect(committed.flat().map((x) => x.body)).toEqual(["somewhere"]);
     expect(await store.listMessages("room_city_missing", { limit: 10 })).toEqual([]);
   });
 
   test("drain waits for queued writes, then refuses new ones", async () => {
-    const committed: MessageWrite[][] = [];
+    const r = await newRoom();
+    const committed: Message[][] = [];
     const w = writer(committed);
-    const pending = Array.from({ length: 10 }, (_, i) => w.write(draft("room_city_b", `d${i}`)));
+    const pending = Array.from({ length: 10 }, (_, i) => w.write(draft(r, `d${i}`)));
     await w.drain();
     expect(committed.flat().length).toBe(10);
     expect((await Promise.all(pending)).length).toBe(10);
-    await expect(w.write(draft("room_city_b", "late"))).rejects.toMatchObject({ code: "shutting_down" });
-  });
-
-  test("a batch counts as unpublished from its first id until its publication is done", async () => {
-    const seen: (string | undefined)[] = [];
-    let w: MessageWriter;
-    w = new MessageWriter({
-      store, ids: new IdGenerator(), clock: systemClock, log: silentLogger,
-      onCommitted: (b) => seen.push(w.unpublishedFrom("room_city_b") === b[0]!.message.id ? "in flight" : "not marked"),
-    });
-    expect(w.unpublishedFrom("room_city_b")).toBeUndefined();
-    const pending = w.write(draft("room_city_b", "x"));
-    expect(w.unpublishedFrom("room_city_b")).toMatch(/^m_city_/);
-    await pending;
-    expect(seen).toEqual(["in flight"]);
-    expect(w.unpublishedFrom("room_city_b")).toBeUndefined();
+    await expect(w.write(draft(r, "late"))).rejects.toMatchObject({ code: "shutting_down" });
   });
 
   test("the feed snippet is the body, cut to 140 characters with an ellipsis", () => {

@@ -19,10 +19,12 @@ export interface Broker {
   /** Sends `payload` to every other instance subscribed to a matching subject. */
   publish(subject: string, payload: string): void;
   /**
-   * Calls `handler` for each publication from another instance matching `pattern`.
+   * Calls `handler` for each publication from another instance matching `pattern` (with
+   * `echo`, from this instance too: for consumers of public subjects such as the living map).
+   * On NATS the handler runs on the main thread, fed in batches by the bus worker.
    * @returns a function that ends the subscription
    */
-  subscribe(pattern: string, handler: (subject: string, payload: string) => void): () => void;
+  subscribe(pattern: string, handler: (subject: string, payload: string) => void, options?: SubscribeOptions): () => void;
   /** Resolves when everything published so far has reached the broker (a round trip). */
   flush(): Promise<void>;
   /**
@@ -35,8 +37,20 @@ export interface Broker {
   request(subject: string, payload: string, timeoutMs: number): Promise<string>;
   /** `up` when publications flow; `down` while disconnected (they are dropped meanwhile). */
   state(): "up" | "down";
+  /**
+   * Calls `fn` on each change of {@link state}. An `up` after a `down` means publications from
+   * other instances may have been lost meanwhile (at most once): whoever needs them reads them
+   * from the store (room streams' positioning).
+   * @returns a function that stops the calls
+   */
+  onStatus(fn: (state: "up" | "down") => void): () => void;
   /** Ends subscriptions and the connection. Idempotent. */
   close(): Promise<void>;
+}
+
+export interface SubscribeOptions {
+  /** Also deliver this instance's own publications (default: only other instances'). */
+  echo?: boolean;
 }
 
 /** True when `subject` matches the NATS-style `pattern` (`*` one token, `>` one or more at the end). */

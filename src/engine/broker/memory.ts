@@ -4,7 +4,7 @@
  * nodes on one {@link MemoryNetwork} act like instances on one NATS, which lets tests run two
  * city instances in one process.
  */
-import { BrokerRequestError, subjectMatches, type Broker } from "./broker.ts";
+import { BrokerRequestError, subjectMatches, type Broker, type SubscribeOptions } from "./broker.ts";
 
 type Handler = (subject: string, payload: string) => void;
 
@@ -15,9 +15,11 @@ export class MemoryNetwork {
 
 export class MemoryBroker implements Broker {
   readonly engine = "memory" as const;
-  private readonly subs = new Set<{ pattern: string; handler: Handler }>();
+  private readonly subs = new Set<{ pattern: string; handler: Handler; echo: boolean }>();
   private closed = false;
+  private linkDown = false;
   private pending: Promise<void> = Promise.resolve();
+  private readonly statusListeners = new Set<(state: "up" | "down") => void>();
 
   /** @param network nodes to talk to; default: a network of its own (single instance). */
   constructor(private readonly network: MemoryNetwork = new MemoryNetwork()) {}
@@ -27,16 +29,15 @@ export class MemoryBroker implements Broker {
   }
 
   publish(subject: string, payload: string): void {
-    if (this.closed) return;
+    if (this.closed || this.linkDown) return;
     for (const node of this.network.nodes) {
-      if (node === this) continue;
       // Delivered on a later microtask, like a network hop, in publish order.
-      this.pending = this.pending.then(() => node.deliver(subject, payload));
+      this.pending = this.pending.then(() => node.deliver(subject, payload, node === this));
     }
   }
 
-  subscribe(pattern: string, handler: Handler): () => void {
-    const sub = { pattern, handler };
+  subscribe(pattern: string, handler: Handler, options?: SubscribeOptions): () => void {
+    const sub = { pattern, handler, echo: options?.echo ?? false };
     this.subs.add(sub);
     return () => this.subs.delete(sub);
   }
@@ -46,7 +47,27 @@ export class MemoryBroker implements Broker {
   }
 
   state(): "up" | "down" {
-    return this.closed ? "down" : "up";
+    return this.closed || this.linkDown ? "down" : "up";
+  }
+
+  onStatus(fn: (state: "up" | "down") => void): () => void {
+    this.statusListeners.add(fn);
+    return () => this.statusListeners.delete(fn);
+  }
+
+  /**
+   * Cuts this node off its network (`true`) or reconnects it, as a NATS outage would: while cut,
+   * its publications and those sent to it are lost. For outage tests; a lone node never needs it.
+   */
+  setLinkDown(down: boolean): void {
+    if (down === this.linkDown) return;
+    this.linkDown = down;
+    for (const fn of this.statusListeners) fn(down ? "down" : "up");
+  }
+
+  /** The patterns subscribed on this node (interest), for tests and metrics. */
+  subscriptions(): string[] {
+    return [...this.subs].map((s) => s.pattern);
   }
 
   /** Not available: an in-process broker reaches no service outside this process. */
@@ -60,8 +81,8 @@ export class MemoryBroker implements Broker {
     this.network.nodes.delete(this);
   }
 
-  private deliver(subject: string, payload: string): void {
-    if (this.closed) return;
-    for (const s of this.subs) if (subjectMatches(s.pattern, subject)) s.handler(subject, payload);
+  private deliver(subject: string, payload: string, own: boolean): void {
+    if (this.closed || (this.linkDown && !own)) return;
+    for (const s of this.subs) if ((!own || s.echo) && subjectMatches(s.pattern, subject)) s.handler(subject, payload);
   }
 }

@@ -1,12 +1,22 @@
 /**
- * NatsBroker: the production broker over NATS core pub/sub (`nats` package). The connection uses
- * `noEcho`, so an instance never receives its own publications; it reconnects forever, and while
- * it is disconnected publications are buffered by the client up to its reconnect buffer and
- * dropped beyond it (at most once, like the contract says).
+ * NatsBroker: the production broker over NATS core pub/sub (`nats` package).
+ *
+ * - Outbound: publishes and requests go out on this thread's connection (a publish is one
+ *   buffered write), each publication carrying this instance's origin header.
+ * - Inbound: every subscription lives in the bus ({@link BusCore}): by default in the bus worker
+ *   thread (`src/workers/bus.worker.ts`), which hands this thread batches; with `busWorker: false`
+ *   on this thread. The bus drops this instance's own publications (the contract: no echo) unless a
+ *   subscription asks for them.
+ * - Both connections reconnect forever; while the inbound side is cut off, publications from
+ *   other instances are lost (at most once) and {@link onStatus} says `down`, then `up`, so the
+ *   room streams read what they missed from the store.
+ * - The worker beats every second; one silent for 5 s (dead or stalled) is replaced, its
+ *   subscriptions made again, and the gap reported like an outage.
  */
-import { connect, ErrorCode, Events, type NatsConnection, type NatsError, type Subscription } from "nats";
+import { connect, ErrorCode, Events, headers, type MsgHdrs, type NatsConnection, type NatsError } from "nats";
 import type { Logger } from "../../log.ts";
-import { BrokerRequestError, type Broker } from "./broker.ts";
+import { BrokerRequestError, type Broker, type SubscribeOptions } from "./broker.ts";
+import { BusCore, FLUSH_MARK, ORIGIN_HEADER, type BusCommand, type BusEvent } from "./bus-core.ts";
 
 export interface NatsBrokerOptions {
   /** One URL or several separated by commas. */
@@ -18,6 +28,31 @@ export interface NatsBrokerOptions {
   log: Logger;
   /** How long the first connection may take, ms. */
   connectTimeoutMs?: number;
+  /** Inbound subscriptions in the bus worker thread (default) or on this thread. */
+  busWorker?: boolean;
+  /** Most publications the bus holds for this thread before it drops and reports an overflow. */
+  maxBusQueue?: number;
+}
+
+/**
+ * Where the worker's code is. From source it sits in `src/workers/`; in the compiled executable it
+ * is an entry point of `bun run build`, stored under its path relative to `src/`, and every bundled
+ * module's `import.meta.url` is the executable's. `test/e2e/binary.test.ts` guards it.
+ */
+const WORKER_SPECIFIER = import.meta.url.includes("/$bunfs/")
+  ? "./workers/bus.worker.ts"
+  : new URL("../../workers/bus.worker.ts", import.meta.url).href;
+
+interface Sub {
+  pattern: string;
+  echo: boolean;
+  handler: (subject: string, payload: string) => void;
+}
+
+/** The inbound side, in a worker or on this thread. */
+interface Inbound {
+  send(cmd: BusCommand): void;
+  close(): Promise<void>;
 }
 
 export class NatsBroker implements Broker {
@@ -25,16 +60,36 @@ export class NatsBroker implements Broker {
   private nc: NatsConnection | null = null;
   private readonly prefix: string;
   private connected = false;
-  private readonly subs = new Set<Subscription>();
+  private inboundUp = false;
+  private readonly subs = new Map<number, Sub>();
+  private nextSub = 1;
+  private readonly statusListeners = new Set<(state: "up" | "down") => void>();
+  private readonly origin = crypto.randomUUID().replace(/-/g, "").slice(0, 16);
+  private readonly originHeaders: MsgHdrs;
+  private inbound: Inbound | null = null;
+  private lastBeat = 0;
+  private watchdog: ReturnType<typeof setInterval> | null = null;
+  private closed = false;
+  private readonly flushes = new Map<number, () => void>();
+  private nextFlush = 1;
+  /** For /readyz and /metrics. */
+  readonly stats = { batches: 0, delivered: 0, workerRestarts: 0, handlerErrors: 0 };
 
   constructor(private readonly opts: NatsBrokerOptions) {
     this.prefix = opts.subjectPrefix ? `${opts.subjectPrefix}.` : "";
+    this.originHeaders = headers();
+    this.originHeaders.set(ORIGIN_HEADER, this.origin);
+  }
+
+  /** Where inbound subscriptions run: `worker` or `main`. */
+  get inboundMode(): "worker" | "main" {
+    return this.opts.busWorker === false ? "main" : "worker";
   }
 
   async start(): Promise<void> {
     try {
       this.nc = await connect({
-        servers: this.opts.url.split(",").map((s) => s.trim()),
+        servers: this.servers(),
         name: this.opts.name ?? "daarion-city",
         noEcho: true,
         reconnect: true,
@@ -44,52 +99,64 @@ export class NatsBroker implements Broker {
         pingInterval: 10_000,
       });
     } catch (err) {
-      throw new Error(`nats: cannot connect to ${this.opts.url}: ${(err as Error).message}`);
+      throw new Error(`NATS_URL: cannot connect to ${this.opts.url}: ${(err as Error).message}`);
     }
     this.connected = true;
     void this.watch(this.nc);
+    await this.openInbound();
+    if (this.inboundMode === "worker") {
+      this.watchdog = setInterval(() => {
+        if (!this.closed && this.inbound && Date.now() - this.lastBeat > 5000) void this.restartInbound("the bus worker stopped beating");
+      }, 1000);
+      this.watchdog.unref?.();
+    }
   }
 
   publish(subject: string, payload: string): void {
     const nc = this.nc;
     if (!nc || nc.isClosed()) return;
     try {
-      nc.publish(this.prefix + subject, payload);
+      nc.publish(this.prefix + subject, payload, { headers: this.originHeaders });
     } catch (err) {
       this.opts.log.warn("nats: publish failed", { subject, err });
     }
   }
 
-  subscribe(pattern: string, handler: (subject: string, payload: string) => void): () => void {
-    if (!this.nc) throw new Error("nats: subscribe before start()");
-    const cut = this.prefix.length;
-    const log = this.opts.log;
-    const sub = this.nc.subscribe(this.prefix + pattern, {
-      callback: (err, msg) => {
-        if (err) {
-          log.warn("nats: subscription error", { pattern, err });
-          return;
-        }
-        try {
-          handler(msg.subject.slice(cut), msg.string());
-        } catch (e) {
-          log.error("nats: handler failed", { subject: msg.subject, err: e });
-        }
-      },
-    });
-    this.subs.add(sub);
+  subscribe(pattern: string, handler: (subject: string, payload: string) => void, options?: SubscribeOptions): () => void {
+    if (!this.inbound) throw new Error("nats: subscribe before start()");
+    const id = this.nextSub++;
+    const echo = options?.echo ?? false;
+    this.subs.set(id, { pattern, echo, handler });
+    this.inbound.send({ t: "sub", id, subject: pattern, echo });
     return () => {
-      this.subs.delete(sub);
-      sub.unsubscribe();
+      if (!this.subs.delete(id)) return;
+      this.inbound?.send({ t: "unsub", id });
     };
   }
 
+  /**
+   * A round trip on both connections: everything published so far has reached the server, every
+   * subscription made so far is in place, and whatever the server routed to this instance before
+   * has been handed to the handlers.
+   */
   async flush(): Promise<void> {
     await this.nc?.flush();
+    const inbound = this.inbound;
+    if (!inbound) return;
+    const id = this.nextFlush++;
+    const done = new Promise<void>((r) => this.flushes.set(id, r));
+    inbound.send({ t: "flush", id });
+    await Promise.race([done, Bun.sleep(5000)]);
+    this.flushes.delete(id);
   }
 
   state(): "up" | "down" {
-    return this.nc && !this.nc.isClosed() && this.connected ? "up" : "down";
+    return this.nc && !this.nc.isClosed() && this.connected && this.inboundUp ? "up" : "down";
+  }
+
+  onStatus(fn: (state: "up" | "down") => void): () => void {
+    this.statusListeners.add(fn);
+    return () => this.statusListeners.delete(fn);
   }
 
   async request(subject: string, payload: string, timeoutMs: number): Promise<string> {
@@ -107,9 +174,14 @@ export class NatsBroker implements Broker {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.subs.clear();
+    await this.inbound?.close();
+    this.inbound = null;
     const nc = this.nc;
     if (!nc || nc.isClosed()) return;
-    this.subs.clear();
     try {
       await nc.drain();
     } catch {
@@ -117,14 +189,146 @@ export class NatsBroker implements Broker {
     }
   }
 
+  private servers(): string[] {
+    return this.opts.url.split(",").map((s) => s.trim());
+  }
+
+  /** Starts the inbound side and waits until its connection is open; subscriptions are (re)made. */
+  private async openInbound(): Promise<void> {
+    const opened = Promise.withResolvers<void>();
+    const onEvent = (e: BusEvent) => {
+      switch (e.t) {
+        case "batch":
+          return this.deliver(e.items);
+        case "beat":
+          this.lastBeat = Date.now();
+          return;
+        case "opened":
+          this.lastBeat = Date.now();
+          this.setInbound(true);
+          return opened.resolve();
+        case "failed":
+          return opened.reject(new Error(`NATS_URL: the bus cannot connect to ${this.opts.url}: ${e.message}`));
+        case "status":
+          if (e.state === "down") this.opts.log.warn("nats: inbound link down; other instances' publications are missed until it returns", { detail: e.detail });
+          else this.opts.log.info("nats: inbound link back", { detail: e.detail });
+          return this.setInbound(e.state === "up");
+        case "closed":
+          return;
+      }
+    };
+    this.inbound = this.inboundMode === "worker" ? this.workerInbound(onEvent) : this.mainInbound(onEvent);
+    this.lastBeat = Date.now();
+    this.inbound.send({
+      t: "open", servers: this.servers(), name: `${this.opts.name ?? "daarion-city"}-bus`, prefix: this.prefix, origin: this.origin,
+      batching: this.inboundMode === "worker", maxQueue: this.opts.maxBusQueue ?? 100_000,
+    });
+    for (const [id, s] of this.subs) this.inbound.send({ t: "sub", id, subject: s.pattern, echo: s.echo });
+    await opened.promise;
+  }
+
+  private async restartInbound(why: string): Promise<void> {
+    if (this.closed || !this.inbound) return;
+    this.stats.workerRestarts++;
+    this.opts.log.error("nats: restarting the bus worker", { why });
+    const old = this.inbound;
+    this.inbound = null;
+    this.setInbound(false);
+    void old.close();
+    try {
+      await this.openInbound();
+    } catch (err) {
+      this.opts.log.error("nats: bus worker restart failed; retrying", { err });
+      setTimeout(() => void this.restartInbound("restart failed"), 1000).unref?.();
+    }
+  }
+
+  private workerInbound(onEvent: (e: BusEvent) => void): Inbound {
+    const worker = new Worker(WORKER_SPECIFIER);
+    worker.onmessage = (m: MessageEvent) => onEvent(m.data as BusEvent);
+    worker.onerror = (e) => {
+      this.opts.log.error("nats: bus worker failed", { err: (e as ErrorEvent).message });
+      void this.restartInbound("the bus worker threw");
+    };
+    return {
+      send: (cmd) => worker.postMessage(cmd),
+      close: async () => {
+        const done = new Promise<void>((r) => {
+          const prev = worker.onmessage;
+          worker.onmessage = (m: MessageEvent) => {
+            if ((m.data as BusEvent).t === "closed") r();
+            else prev?.call(worker, m);
+          };
+        });
+        worker.postMessage({ t: "close" } satisfies BusCommand);
+        await Promise.race([done, Bun.sleep(1000)]);
+        worker.terminate();
+      },
+    };
+  }
+
+  private mainInbound(onEvent: (e: BusEvent) => void): Inbound {
+    const core = new BusCore(onEvent);
+    let chain: Promise<void> = Promise.resolve();
+    return {
+      send: (cmd) => {
+        chain = chain.then(() => core.handle(cmd)).catch(() => {});
+      },
+      close: () => core.handle({ t: "close" }),
+    };
+  }
+
+  /** Hands a batch to the subscriptions, then asks for the next one. */
+  private deliver(items: (number | string)[]): void {
+    this.stats.batches++;
+    for (let i = 0; i < items.length; i += 3) {
+      if (items[i] === FLUSH_MARK) {
+        this.flushes.get(Number(items[i + 2]))?.();
+        continue;
+      }
+      const sub = this.subs.get(items[i] as number);
+      if (!sub) continue;
+      this.stats.delivered++;
+      try {
+        sub.handler(items[i + 1] as string, items[i + 2] as string);
+      } catch (err) {
+        this.stats.handlerErrors++;
+        this.opts.log.error("nats: handler failed", { subject: items[i + 1], err });
+      }
+    }
+    this.inbound?.send({ t: "ack" });
+  }
+
+  private setInbound(up: boolean): void {
+    const before = this.state();
+    this.inboundUp = up;
+    this.emitIfChanged(before);
+  }
+
+  private emitIfChanged(before: "up" | "down"): void {
+    const now = this.state();
+    if (now === before) return;
+    for (const fn of this.statusListeners) {
+      try {
+        fn(now);
+      } catch (err) {
+        this.opts.log.error("nats: status listener failed", { err });
+      }
+    }
+  }
+
   private async watch(nc: NatsConnection): Promise<void> {
     for await (const s of nc.status()) {
       if (s.type === Events.Disconnect) {
+        const before = this.state();
         this.connected = false;
         this.opts.log.warn("nats: disconnected", { server: s.data });
+        this.emitIfChanged(before);
       } else if (s.type === Events.Reconnect) {
+        const before = this.state();
         this.connected = true;
         this.opts.log.info("nats: reconnected", { server: s.data });
+        this.emitIfChanged(before);
       }
     }
   }

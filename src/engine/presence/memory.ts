@@ -1,22 +1,34 @@
 /**
- * MemoryPresenceBackend: presence in this process, for the embedded default. Single instance only:
- * another process cannot see it. Same TTL semantics as Redis, on the manager's clock.
+ * MemoryPresenceManager: presence in this process, for the embedded default. Single instance only:
+ * another process cannot see it (several trackers in one process may share one, as tests do).
+ * The same data and the same incremental counts as the Redis manager, on the tracker's clock.
  */
-import type { PresenceBackend, PresenceBatch, RoomCounts } from "./presence.ts";
+import type { Membership, PresenceBatch, PresenceChanges, PresenceManager, RoomCounts, Transition } from "./presence.ts";
 
 export interface MemoryPresenceOptions {
+  /** Presence and hold lifetime after a write, ms. */
   ttlMs: number;
   typingTtlMs: number;
 }
 
-export class MemoryPresenceBackend implements PresenceBackend {
+interface RoomState {
+  /** user → instances holding (count). */
+  holders: Map<string, number>;
+  online: number;
+  /** user → typing expiry (ms). */
+  typers: Map<string, number>;
+  version: number;
+}
+
+export class MemoryPresenceManager implements PresenceManager {
   readonly engine = "memory" as const;
   /** user → presence expiry (ms) */
   private readonly online = new Map<string, number>();
-  /** room → "user|instance" → hold expiry (ms) */
-  private readonly holds = new Map<string, Map<string, number>>();
-  /** room → user → typing expiry (ms) */
-  private readonly typers = new Map<string, Map<string, number>>();
+  /** "room\nuser\ninstance" → hold expiry (ms) */
+  private readonly holds = new Map<string, number>();
+  /** user → rooms they hold (on any instance) */
+  private readonly userRooms = new Map<string, Set<string>>();
+  private readonly rooms = new Map<string, RoomState>();
 
   constructor(private readonly o: MemoryPresenceOptions) {}
 
@@ -26,45 +38,79 @@ export class MemoryPresenceBackend implements PresenceBackend {
     return "up";
   }
 
-  async apply(batch: PresenceBatch, now: number): Promise<string[]> {
-    const began: string[] = [];
+  async apply(batch: PresenceBatch, now: number): Promise<PresenceChanges> {
+    const w = new Write(this);
+    const until = now + this.o.ttlMs;
     for (const u of batch.heartbeats) {
-      if (!this.online.has(u)) began.push(u);
-      this.online.set(u, now + this.o.ttlMs);
+      const isNew = !this.online.has(u);
+      this.online.set(u, until);
+      if (isNew) w.cameOnline(u);
     }
-    for (const { roomId, userId } of batch.holds) inner(this.holds, roomId).set(`${userId}|${batch.instance}`, now + this.o.ttlMs);
-    for (const { roomId, userId } of batch.releases) this.holds.get(roomId)?.delete(`${userId}|${batch.instance}`);
-    for (const { roomId, userId } of batch.typing) inner(this.typers, roomId).set(userId, now + this.o.typingTtlMs);
-    return began;
+    for (const { roomId, userId } of batch.holds) {
+      const k = `${roomId}\n${userId}\n${batch.instance}`;
+      const isNew = !this.holds.has(k);
+      this.holds.set(k, until);
+      if (isNew) w.addHold(roomId, userId);
+    }
+    for (const { roomId, userId } of batch.releases) {
+      if (this.holds.delete(`${roomId}\n${userId}\n${batch.instance}`)) w.dropHold(roomId, userId);
+    }
+    for (const { roomId, userId } of batch.typing) {
+      const r = this.room(roomId);
+      const isNew = !r.typers.has(userId);
+      r.typers.set(userId, now + this.o.typingTtlMs);
+      if (isNew) w.touch(roomId);
+    }
+    return w.result();
   }
 
-  async expire(now: number): Promise<string[]> {
-    const gone: string[] = [];
+  async expire(now: number, limit: number): Promise<PresenceChanges & { more: boolean }> {
+    const w = new Write(this);
+    let more = false;
+    let n = 0;
     for (const [u, until] of this.online) {
-      if (until <= now) {
-        this.online.delete(u);
-        gone.push(u);
+      if (until > now) continue;
+      if (n++ >= limit) {
+        more = true;
+        break;
+      }
+      this.online.delete(u);
+      w.wentOffline(u);
+    }
+    n = 0;
+    for (const [k, until] of this.holds) {
+      if (until > now) continue;
+      if (n++ >= limit) {
+        more = true;
+        break;
+      }
+      this.holds.delete(k);
+      const [roomId, userId] = k.split("\n") as [string, string];
+      w.dropHold(roomId, userId);
+    }
+    n = 0;
+    for (const [roomId, r] of this.rooms) {
+      for (const [u, until] of r.typers) {
+        if (until > now) continue;
+        if (n++ >= limit) {
+          more = true;
+          break;
+        }
+        r.typers.delete(u);
+        w.touch(roomId);
       }
     }
-    return gone;
+    return { ...w.result(), more };
   }
 
-  async counts(now: number): Promise<Map<string, RoomCounts>> {
+  async counts(): Promise<Map<string, RoomCounts>> {
     const out = new Map<string, RoomCounts>();
-    const rooms = new Set([...this.holds.keys(), ...this.typers.keys()]);
-    for (const room of rooms) {
-      const holders = prune(this.holds, room, now);
-      const typing = prune(this.typers, room, now);
-      let online = 0;
-      for (const u of usersOf(holders)) if (this.isLive(u, now)) online++;
-      if (holders.length === 0 && typing.length === 0) continue;
-      out.set(room, { online, typing: typing.length });
-    }
+    for (const [id, r] of this.rooms) if (r.holders.size > 0 || r.typers.size > 0) out.set(id, this.numbers(r));
     return out;
   }
 
   async isOnline(userId: string, now: number): Promise<boolean> {
-    return this.isLive(userId, now);
+    return (this.online.get(userId) ?? 0) > now;
   }
 
   async onlineUsers(now: number): Promise<string[]> {
@@ -76,30 +122,101 @@ export class MemoryPresenceBackend implements PresenceBackend {
   }
 
   async roomMembers(roomId: string, now: number): Promise<string[]> {
-    return usersOf(prune(this.holds, roomId, now)).filter((u) => this.isLive(u, now)).sort();
+    const r = this.rooms.get(roomId);
+    if (!r) return [];
+    return [...r.holders.keys()].filter((u) => (this.online.get(u) ?? 0) > now).sort();
   }
 
-  private isLive(userId: string, now: number): boolean {
-    return (this.online.get(userId) ?? 0) > now;
+  // ---- used by Write ----
+
+  /** @internal */
+  room(roomId: string): RoomState {
+    let r = this.rooms.get(roomId);
+    if (!r) this.rooms.set(roomId, (r = { holders: new Map(), online: 0, typers: new Map(), version: 0 }));
+    return r;
+  }
+
+  /** @internal */
+  roomsOf(userId: string): Set<string> {
+    let s = this.userRooms.get(userId);
+    if (!s) this.userRooms.set(userId, (s = new Set()));
+    return s;
+  }
+
+  /** @internal */
+  isMember(userId: string): boolean {
+    return this.online.has(userId);
+  }
+
+  /** @internal */
+  numbers(r: RoomState): RoomCounts {
+    return { online: r.online, typing: r.typers.size, typingUsers: [...r.typers.keys()].sort(), holders: r.holders.size, version: r.version };
   }
 }
 
-/** Distinct users of "user|instance" holds. */
-function usersOf(holders: string[]): string[] {
-  return [...new Set(holders.map((h) => h.slice(0, h.lastIndexOf("|"))))];
-}
+/** One write's bookkeeping: the same steps as the Redis scripts. */
+class Write {
+  private readonly changed = new Set<string>();
+  private readonly transitions: Transition[] = [];
+  private readonly joins: Membership[] = [];
+  private readonly leaves: Membership[] = [];
 
-function inner(map: Map<string, Map<string, number>>, room: string): Map<string, number> {
-  let m = map.get(room);
-  if (!m) map.set(room, (m = new Map()));
-  return m;
-}
+  constructor(private readonly m: MemoryPresenceManager) {}
 
-/** Drops expired entries of a room and returns the users left. */
-function prune(map: Map<string, Map<string, number>>, room: string, now: number): string[] {
-  const m = map.get(room);
-  if (!m) return [];
-  for (const [u, until] of m) if (until <= now) m.delete(u);
-  if (m.size === 0) map.delete(room);
-  return [...m.keys()];
+  touch(roomId: string): void {
+    this.changed.add(roomId);
+  }
+
+  cameOnline(userId: string): void {
+    const rooms = [...(this.m.roomsOf(userId))].sort();
+    for (const r of rooms) {
+      this.m.room(r).online++;
+      this.touch(r);
+    }
+    this.transitions.push({ userId, rooms });
+  }
+
+  wentOffline(userId: string): void {
+    const rooms = [...this.m.roomsOf(userId)].sort();
+    for (const r of rooms) {
+      this.m.room(r).online--;
+      this.touch(r);
+    }
+    this.transitions.push({ userId, rooms });
+  }
+
+  addHold(roomId: string, userId: string): void {
+    const r = this.m.room(roomId);
+    const n = (r.holders.get(userId) ?? 0) + 1;
+    r.holders.set(userId, n);
+    if (n > 1) return;
+    this.m.roomsOf(userId).add(roomId);
+    if (this.m.isMember(userId)) r.online++;
+    this.touch(roomId);
+    this.joins.push({ roomId, userId, holders: r.holders.size });
+  }
+
+  dropHold(roomId: string, userId: string): void {
+    const r = this.m.room(roomId);
+    const n = (r.holders.get(userId) ?? 0) - 1;
+    if (n > 0) {
+      r.holders.set(userId, n);
+      return;
+    }
+    r.holders.delete(userId);
+    this.m.roomsOf(userId).delete(roomId);
+    if (this.m.isMember(userId)) r.online--;
+    this.touch(roomId);
+    this.leaves.push({ roomId, userId, holders: r.holders.size });
+  }
+
+  result(): PresenceChanges {
+    const counts = new Map<string, RoomCounts>();
+    for (const id of this.changed) {
+      const r = this.m.room(id);
+      r.version++;
+      counts.set(id, this.m.numbers(r));
+    }
+    return { transitions: this.transitions, joins: this.joins, leaves: this.leaves, counts };
+  }
 }

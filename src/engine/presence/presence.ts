@@ -1,35 +1,61 @@
 /**
- * Presence (seed 000 §3 and §5.2, seed 001 PresenceRedis, seed 003 §6; SPEC "Presence").
+ * Presence (seed 000 §3 and §5.2, seed 001 PresenceRedis, seed 003 §5–§6; SPEC "Presence").
  *
  * A user is online while they heartbeat: each heartbeat sets `presence:user:{user_id}` = "online"
- * for PRESENCE_TTL_SECONDS. A user counts in a room while an instance holds a room socket of theirs
- * there *and* they are online. Heartbeats, holds and typing from every socket of an instance are
- * collected and written in one round trip per flush tick, never one per heartbeat.
+ * for PRESENCE_TTL_SECONDS. A user counts in a room while some instance holds a room socket of
+ * theirs there *and* they are online. Heartbeats, holds and typing from every socket of an
+ * instance are collected and written in one round trip per flush tick, never one per heartbeat.
  *
- * Transitions: `online` is reported by the instance whose write created the user's entry,
- * `offline` by the instance whose sweep removed the expired entry; the backend makes both atomic,
- * so each transition is reported exactly once however many instances share it. No keyspace
- * notifications are needed.
+ * Everything is reported exactly once across instances, by the instance whose write caused it:
+ * - a transition (`online` by the write that made the user's entry, `offline` by the sweep that
+ *   removed it), with the rooms the user holds anywhere;
+ * - a membership change (a user's first hold of a room on any instance, or their last release);
+ * - new room counts, with a version that grows with each change, so every instance applies the
+ *   newest whatever order they arrive in.
+ * Counts are kept up to date by each write (O(changes)), never recomputed by walking rooms.
  *
- * {@link PresenceManager} holds the logic; a {@link PresenceBackend} holds the state:
- * `memory.ts` (in-process, one instance) and `redis.ts` (several instances). One contract suite
- * (`test/contract/presence.contract.ts`) runs on both.
+ * {@link PresenceManager} is where the shared state lives (centrifuge's name):
+ * {@link MemoryPresenceManager} (in-process, one instance) and {@link RedisPresenceManager}
+ * (several instances). One contract suite (`test/contract/presence.contract.ts`) runs on both, on
+ * fake time. {@link PresenceTracker} is an instance's side: its holds, its queue, its timers.
  */
-import type { Clock } from "../../clock.ts";
+import { systemScheduler, type Clock, type Scheduler, type Timer } from "../../clock.ts";
 import type { Logger } from "../../log.ts";
 
 export type PresenceStatus = "online" | "offline";
 
-/** Users online in a room and users typing in it. */
+/** A room's numbers (seed 003 §4.1), with the version that orders them. */
 export interface RoomCounts {
+  /** Distinct users holding a socket in the room who are online. */
   online: number;
+  /** Distinct users typing within the typing lifetime. */
   typing: number;
+  /** Who is typing (seed 003 §4.1 `typing_users`), sorted. */
+  typingUsers: string[];
+  /** Distinct users holding a socket in the room, online or not (caps per-user events). */
+  holders: number;
+  /** Grows by one with every change of the room's numbers; the newest wins. */
+  version: number;
 }
 
 /** (room, user) pair. */
 export interface RoomUser {
   roomId: string;
   userId: string;
+}
+
+/** A user's transition and the rooms they hold a socket in on any instance. */
+export interface Transition {
+  userId: string;
+  rooms: string[];
+}
+
+/** A user's first hold of a room on any instance (join), or their last release (leave). */
+export interface Membership {
+  roomId: string;
+  userId: string;
+  /** Users holding the room after the change. */
+  holders: number;
 }
 
 /** What one flush writes. */
@@ -44,23 +70,40 @@ export interface PresenceBatch {
   typing: RoomUser[];
 }
 
-/** Where presence state lives. All times are epoch ms from the manager's clock. */
-export interface PresenceBackend {
+/** What a write changed, reported only to its writer. */
+export interface PresenceChanges {
+  /** Users who became online (apply) or offline (expire). */
+  transitions: Transition[];
+  joins: Membership[];
+  leaves: Membership[];
+  /** New numbers of every room the write changed. */
+  counts: Map<string, RoomCounts>;
+}
+
+/**
+ * Where presence state lives. All times are epoch ms from the tracker's clock (so fake time works
+ * on every implementation).
+ */
+export interface PresenceManager {
   readonly engine: "memory" | "redis";
   /** Begins connecting; never throws for an unreachable engine (state() says `down`). */
   start(): Promise<void>;
   close(): Promise<void>;
   state(): "up" | "down";
   /**
-   * Writes a batch in one round trip.
-   * @returns the users whose presence began with this batch (online transitions)
-   * @throws when the engine cannot be reached
+   * Writes a batch in one round trip: heartbeats (TTL `ttlMs`), holds, releases, typing.
+   * @returns what it changed: online transitions, joins, leaves, counts
+   * @throws when the engine cannot be reached (nothing of the batch is applied)
    */
-  apply(batch: PresenceBatch, now: number): Promise<string[]>;
-  /** Removes users whose presence expired; across instances, each is returned to exactly one caller. */
-  expire(now: number): Promise<string[]>;
-  /** Counts of every room that has a holder or a typer; drops expired holds and typing. */
-  counts(now: number): Promise<Map<string, RoomCounts>>;
+  apply(batch: PresenceBatch, now: number): Promise<PresenceChanges>;
+  /**
+   * Removes up to `limit` expired users, holds and typers each; across instances every expiry is
+   * returned to exactly one caller.
+   * @returns offline transitions, leaves, counts, and `more` when a limit was reached
+   */
+  expire(now: number, limit: number): Promise<PresenceChanges & { more: boolean }>;
+  /** Numbers of every room with a holder or a typer: O(rooms), for a resync only. */
+  counts(): Promise<Map<string, RoomCounts>>;
   isOnline(userId: string, now: number): Promise<boolean>;
   onlineUsers(now: number): Promise<string[]>;
   onlineCount(now: number): Promise<number>;
@@ -68,17 +111,16 @@ export interface PresenceBackend {
   roomMembers(roomId: string, now: number): Promise<string[]>;
 }
 
-export interface PresenceOptions {
-  backend: PresenceBackend;
+export interface PresenceTrackerOptions {
+  manager: PresenceManager;
   clock: Clock;
+  scheduler?: Scheduler;
   log: Logger;
-  /** Presence lifetime after a heartbeat (seed: 40 s), ms. */
+  /** Presence lifetime after a heartbeat (seed: 40 s), ms. Holds live as long, refreshed every third of it. */
   ttlMs: number;
-  /** Typing lifetime after a `room.typing` (6 s), ms. */
-  typingTtlMs: number;
   /** Flush tick for batched writes, ms (0: no timer; call flush()). */
   flushMs: number;
-  /** Expiry and counts cycle, ms (0: no timer; call sweep()). */
+  /** Expiry cycle, ms (0: no timer; call sweep()). */
   sweepMs: number;
   /** This instance's name in shared state (default: random). */
   instanceId?: string;
@@ -87,9 +129,14 @@ export interface PresenceOptions {
    * for measuring what batching buys (bench/heartbeat.ts); never faster.
    */
   batching?: boolean;
+  /** Most expiries handled per script call (a sweep loops while there are more). */
+  expireLimit?: number;
 }
 
 type Listener<T extends unknown[]> = (...args: T) => void;
+
+/** Where a room's numbers came from: this instance's own write, or another instance's. */
+export type CountsOrigin = "local" | "remote";
 
 const key = (roomId: string, userId: string) => `${roomId}\n${userId}`;
 const unkey = (k: string): RoomUser => {
@@ -97,7 +144,12 @@ const unkey = (k: string): RoomUser => {
   return { roomId: k.slice(0, i), userId: k.slice(i + 1) };
 };
 
-export class PresenceManager {
+/**
+ * An instance's presence: counts its local sockets per (room, user), queues heartbeats, holds and
+ * typing, writes them once per flush tick, sweeps expiries, and keeps the view of every room's
+ * numbers that snapshots and `members_online` read.
+ */
+export class PresenceTracker {
   /** Local sockets per (room, user) on this instance. */
   private readonly local = new Map<string, number>();
   /** user → rooms this instance holds for them. */
@@ -108,55 +160,69 @@ export class PresenceManager {
   /** (room, user) → what to write next: the last of hold/release wins. */
   private holdOps = new Map<string, "hold" | "release">();
   private typingOps = new Set<string>();
-  private counts = new Map<string, RoomCounts>();
+  /** Every room's numbers as this instance knows them. */
+  private readonly view = new Map<string, RoomCounts>();
   private lastHoldRefresh: number;
   private flushing: Promise<void> | null = null;
   private sweeping: Promise<void> | null = null;
-  private timers: ReturnType<typeof setInterval>[] = [];
+  private timers: Timer[] = [];
   private failing = false;
-  private readonly transitionListeners: Listener<[string, PresenceStatus]>[] = [];
-  private readonly countListeners: Listener<[Map<string, RoomCounts>]>[] = [];
+  private readonly scheduler: Scheduler;
+  private readonly transitionListeners: Listener<[Transition, PresenceStatus]>[] = [];
+  private readonly membershipListeners: Listener<[Membership, "join" | "leave"]>[] = [];
+  private readonly countListeners: Listener<[Map<string, RoomCounts>, CountsOrigin]>[] = [];
   /** Round trips made by flushes, heartbeats written; for /metrics and the bench. */
-  readonly stats = { flushes: 0, heartbeats: 0, flushFailures: 0 };
+  readonly stats = { flushes: 0, heartbeats: 0, flushFailures: 0, expirySweeps: 0 };
   readonly instanceId: string;
 
-  constructor(private readonly o: PresenceOptions) {
+  constructor(private readonly o: PresenceTrackerOptions) {
     this.lastHoldRefresh = o.clock.now();
     this.instanceId = o.instanceId ?? crypto.randomUUID().slice(0, 8);
+    this.scheduler = o.scheduler ?? systemScheduler;
   }
 
   get engine(): "memory" | "redis" {
-    return this.o.backend.engine;
+    return this.o.manager.engine;
   }
 
+  /** Connects the manager, loads every room's numbers, starts the flush and sweep timers. */
   async start(): Promise<void> {
-    await this.o.backend.start();
-    if (this.o.flushMs > 0) this.timers.push(setInterval(() => void this.flush().catch(() => {}), this.o.flushMs));
-    if (this.o.sweepMs > 0) this.timers.push(setInterval(() => void this.sweep().catch(() => {}), this.o.sweepMs));
-    for (const t of this.timers) t.unref?.();
+    await this.o.manager.start();
+    await this.resync().catch(() => {});
+    if (this.o.flushMs > 0) this.timers.push(this.scheduler.every(this.o.flushMs, () => void this.flush().catch(() => {})));
+    if (this.o.sweepMs > 0) this.timers.push(this.scheduler.every(this.o.sweepMs, () => void this.sweep().catch(() => {})));
   }
 
   /** Stops the timers, writes what is queued (releases of closed sockets, so counts drop now rather than at expiry), disconnects. */
   async close(): Promise<void> {
-    for (const t of this.timers) clearInterval(t);
+    for (const t of this.timers) t.cancel();
     this.timers = [];
     await this.sweeping?.catch(() => {});
     await this.flush().catch(() => {});
-    await this.o.backend.close();
+    await this.o.manager.close();
   }
 
-  /** `up` when the backend answers; `down` while it does not (heartbeats wait in memory, deduplicated). */
+  /** `up` when the manager answers; `down` while it does not (heartbeats wait in memory, deduplicated). */
   state(): "up" | "down" {
-    return this.failing ? "down" : this.o.backend.state();
+    return this.failing ? "down" : this.o.manager.state();
   }
 
   /** Called with each transition this instance detects (exactly once across instances). */
-  onTransition(fn: (userId: string, status: PresenceStatus) => void): void {
+  onTransition(fn: (t: Transition, status: PresenceStatus) => void): void {
     this.transitionListeners.push(fn);
   }
 
-  /** Called after each sweep with the rooms whose counts changed (a room that emptied has zeros). */
-  onRoomCounts(fn: (changed: Map<string, RoomCounts>) => void): void {
+  /** Called with each join or leave this instance's writes caused (exactly once across instances). */
+  onMembership(fn: (m: Membership, kind: "join" | "leave") => void): void {
+    this.membershipListeners.push(fn);
+  }
+
+  /**
+   * Called with rooms whose numbers changed in the view: `local` when this instance's write
+   * changed them (it should tell the others), `remote` when another instance's did (or a resync
+   * found them different).
+   */
+  onRoomCounts(fn: (changed: Map<string, RoomCounts>, origin: CountsOrigin) => void): void {
     this.countListeners.push(fn);
   }
 
@@ -169,12 +235,12 @@ export class PresenceManager {
   /** The naive path: one round trip for this heartbeat alone. */
   private writeAlone(userId: string): void {
     const batch: PresenceBatch = { instance: this.instanceId, heartbeats: [userId], holds: [], releases: [], typing: [] };
-    this.o.backend.apply(batch, this.o.clock.now()).then(
-      (online) => {
+    this.o.manager.apply(batch, this.o.clock.now()).then(
+      (changes) => {
         this.stats.flushes++;
         this.stats.heartbeats++;
         this.setFailing(false);
-        for (const u of online) this.emitTransition(u, "online");
+        this.report(changes, "online");
       },
       (err) => {
         this.stats.flushFailures++;
@@ -184,7 +250,7 @@ export class PresenceManager {
   }
 
   /**
-   * Counts one more local socket of `userId` in `roomId`.
+   * Counts one more local socket of `userId` in `roomId`; the first one is written at the next flush.
    * @returns true when it is the user's first socket in the room on this instance
    */
   hold(roomId: string, userId: string): boolean {
@@ -202,7 +268,7 @@ export class PresenceManager {
   }
 
   /**
-   * Counts one local socket fewer.
+   * Counts one local socket fewer; the last one's release is written at the next flush.
    * @returns true when it was the user's last socket in the room on this instance
    */
   release(roomId: string, userId: string): boolean {
@@ -229,24 +295,60 @@ export class PresenceManager {
     return this.localUsers.get(roomId) ?? 0;
   }
 
-  /** Rooms where this instance holds a socket of `userId`. */
-  roomsHeldLocally(userId: string): string[] {
-    return [...(this.localRooms.get(userId) ?? [])];
-  }
-
-  /** Marks `userId` typing in `roomId` for the typing lifetime. */
+  /** Marks `userId` typing in `roomId` for the typing lifetime (written at the next flush). */
   typing(roomId: string, userId: string): void {
     this.typingOps.add(key(roomId, userId));
   }
 
-  /** Users online in a room, as of the last sweep (0 for an unknown room). */
+  /** Users online in a room, as this instance knows it (0 for an unknown room). */
   roomCount(roomId: string): number {
-    return this.counts.get(roomId)?.online ?? 0;
+    return this.view.get(roomId)?.online ?? 0;
   }
 
-  /** Counts of every room as of the last sweep. */
+  /** Users holding a socket in a room on any instance, as this instance knows it. */
+  roomHolders(roomId: string): number {
+    return this.view.get(roomId)?.holders ?? 0;
+  }
+
+  /** Every room's numbers as this instance knows them. */
   snapshot(): ReadonlyMap<string, RoomCounts> {
-    return this.counts;
+    return this.view;
+  }
+
+  /**
+   * Applies numbers another instance published (or a resync read): kept only when newer than
+   * what the view has, so order of arrival does not matter.
+   * @returns true when the view changed
+   */
+  merge(roomId: string, counts: RoomCounts): boolean {
+    const prev = this.view.get(roomId);
+    if (prev && prev.version >= counts.version) return false;
+    this.setView(roomId, counts);
+    return true;
+  }
+
+  /**
+   * Reloads every room's numbers from the manager (after a broker outage, and periodically: a
+   * publication of counts is at most once). Rooms that differ are reported as `remote` changes.
+   */
+  async resync(): Promise<void> {
+    const all = await this.o.manager.counts();
+    const changed = new Map<string, RoomCounts>();
+    for (const [room, c] of all) {
+      const prev = this.view.get(room);
+      if (prev && prev.version >= c.version) continue;
+      this.setView(room, c);
+      if (!prev || !sameNumbers(prev, c)) changed.set(room, c);
+    }
+    for (const [room, prev] of this.view) {
+      if (all.has(room)) continue;
+      // Gone from the manager: nobody holds or types there any more. The version stays, so an
+      // older publication still in flight cannot bring the numbers back.
+      const zero = { online: 0, typing: 0, typingUsers: [], holders: 0, version: prev.version };
+      this.view.set(room, zero);
+      if (!sameNumbers(prev, zero)) changed.set(room, zero);
+    }
+    if (changed.size) this.emitCounts(changed, "remote");
   }
 
   // ---- the seed-001 PresenceRedis helpers -------------------------------------------------
@@ -264,26 +366,26 @@ export class PresenceManager {
 
   /** `is_online` */
   isOnline(userId: string): Promise<boolean> {
-    return this.o.backend.isOnline(userId, this.o.clock.now());
+    return this.o.manager.isOnline(userId, this.o.clock.now());
   }
 
   /** `get_all_online` */
   getAllOnline(): Promise<string[]> {
-    return this.o.backend.onlineUsers(this.o.clock.now());
+    return this.o.manager.onlineUsers(this.o.clock.now());
   }
 
   /** `get_online_count` */
   getOnlineCount(): Promise<number> {
-    return this.o.backend.onlineCount(this.o.clock.now());
+    return this.o.manager.onlineCount(this.o.clock.now());
   }
 
-  /** Online users holding a socket in `roomId`, from the backend (not the snapshot). */
+  /** Online users holding a socket in `roomId`, from the manager (not the view). */
   roomMembers(roomId: string): Promise<string[]> {
-    return this.o.backend.roomMembers(roomId, this.o.clock.now());
+    return this.o.manager.roomMembers(roomId, this.o.clock.now());
   }
 
   /**
-   * Writes everything queued in one round trip and reports online transitions. Concurrent calls
+   * Writes everything queued in one round trip and reports what it changed. Concurrent calls
    * share one flush. On failure the queue is kept (deduplicated, so its size is bounded by
    * distinct users and rooms) for the next tick.
    */
@@ -300,11 +402,11 @@ export class PresenceManager {
     for (const [k, op] of holdOps) (op === "hold" ? batch.holds : batch.releases).push(unkey(k));
     this.flushing = (async () => {
       try {
-        const online = await this.o.backend.apply(batch, this.o.clock.now());
+        const changes = await this.o.manager.apply(batch, this.o.clock.now());
         this.stats.flushes++;
         this.stats.heartbeats += batch.heartbeats.length;
         this.setFailing(false);
-        for (const u of online) this.emitTransition(u, "online");
+        this.report(changes, "online");
       } catch (err) {
         this.stats.flushFailures++;
         this.setFailing(true, err);
@@ -321,8 +423,9 @@ export class PresenceManager {
   }
 
   /**
-   * One expiry-and-counts cycle: reports offline transitions, refreshes this instance's holds
-   * before they expire, and recomputes room counts.
+   * One expiry cycle: refreshes this instance's holds before they lapse, writes what is queued,
+   * then removes expired users, holds and typers (O(expiries), a script call per `expireLimit`)
+   * and reports what that changed.
    */
   sweep(): Promise<void> {
     if (this.sweeping) return this.sweeping;
@@ -334,18 +437,13 @@ export class PresenceManager {
           for (const k of this.local.keys()) if (!this.holdOps.has(k)) this.holdOps.set(k, "hold");
         }
         await this.flush().catch(() => {});
-        const offline = await this.o.backend.expire(now);
-        for (const u of offline) this.emitTransition(u, "offline");
-        const next = await this.o.backend.counts(now);
-        this.setFailing(false);
-        const changed = new Map<string, RoomCounts>();
-        for (const [room, c] of next) {
-          const prev = this.counts.get(room);
-          if (!prev || prev.online !== c.online || prev.typing !== c.typing) changed.set(room, c);
+        for (;;) {
+          const changes = await this.o.manager.expire(now, this.o.expireLimit ?? 1000);
+          this.stats.expirySweeps++;
+          this.setFailing(false);
+          this.report(changes, "offline");
+          if (!changes.more) break;
         }
-        for (const room of this.counts.keys()) if (!next.has(room)) changed.set(room, { online: 0, typing: 0 });
-        this.counts = next;
-        if (changed.size) for (const fn of this.countListeners) fn(changed);
       } catch (err) {
         this.setFailing(true, err);
         throw err;
@@ -361,12 +459,31 @@ export class PresenceManager {
     return this.heartbeats.size + this.holdOps.size + this.typingOps.size;
   }
 
-  private emitTransition(userId: string, status: PresenceStatus): void {
-    for (const fn of this.transitionListeners) {
+  /** Applies a write's counts to the view, then tells the listeners (counts first, so they read the new view). */
+  private report(changes: PresenceChanges, status: PresenceStatus): void {
+    const changed = new Map<string, RoomCounts>();
+    for (const [room, c] of changes.counts) if (this.merge(room, c)) changed.set(room, c);
+    if (changed.size) this.emitCounts(changed, "local");
+    for (const m of changes.joins) this.emit(this.membershipListeners, m, "join");
+    for (const m of changes.leaves) this.emit(this.membershipListeners, m, "leave");
+    for (const t of changes.transitions) this.emit(this.transitionListeners, t, status);
+  }
+
+  /** Rooms stay in the view when they empty (their version keeps stale publications out). */
+  private setView(roomId: string, c: RoomCounts): void {
+    this.view.set(roomId, c);
+  }
+
+  private emitCounts(changed: Map<string, RoomCounts>, origin: CountsOrigin): void {
+    this.emit(this.countListeners, changed, origin);
+  }
+
+  private emit<T extends unknown[]>(listeners: Listener<T>[], ...args: T): void {
+    for (const fn of listeners) {
       try {
-        fn(userId, status);
+        fn(...args);
       } catch (err) {
-        this.o.log.error("presence: transition listener failed", { err });
+        this.o.log.error("presence: listener failed", { err });
       }
     }
   }
@@ -380,4 +497,9 @@ export class PresenceManager {
     }
     this.failing = failing;
   }
+}
+
+/** True when two rooms' numbers look the same to a client (versions aside). */
+export function sameNumbers(a: RoomCounts, b: RoomCounts): boolean {
+  return a.online === b.online && a.typing === b.typing && a.holders === b.holders && a.typingUsers.join("\n") === b.typingUsers.join("\n");
 }

@@ -1,92 +1,223 @@
 /**
- * RedisPresenceBackend: presence shared by every instance on one Redis (node-redis).
+ * RedisPresenceManager: presence shared by every instance on one Redis (node-redis).
  *
  * Keys (`REDIS_KEY_PREFIX` in front of each):
  * - `presence:user:{user_id}` = "online", EX = PRESENCE_TTL_SECONDS: seed 000's key, exactly.
- * - `presence:{city}:online`: zset user → presence expiry (ms); the source of transitions.
- * - `presence:{city}:room:{room_id}`: zset "user|instance" → hold expiry (ms); an instance
- *   refreshes its holds before they expire, so a crashed instance's holds lapse by themselves.
- * - `presence:{city}:typing:{room_id}`: zset user → typing expiry (ms).
- * - `presence:{city}:rooms`: set of rooms with holds or typing.
- * All but the seed key share the hash tag `{city}`, so the scripts below touch a single slot.
+ * - under `presence:{city}:` (one hash tag, so every script touches one slot and Redis Cluster
+ *   can run them; the scripts are passed every key they touch):
+ *   `online` zset user → presence expiry (ms) · `holds` zset "room|user|instance" → hold expiry ·
+ *   `hc` hash "room|user" → instances holding · `ur` zset (score 0, by lex) "user|room" and `ru`
+ *   "room|user" (who holds what, both ways) ·
+ *   `hu` hash room → users holding · `on` hash room → online users holding ·
+ *   `typing` zset "room|user" → typing expiry · `tl` zset (score 0) "room|user" · `tc` hash room →
+ *   typers · `ver` hash room → version (never reset, so numbers can always be ordered).
  *
- * A flush is one pipeline (`multi().execAsPipeline()`); `ZADD` answering 1 means the user's
- * entry is new (an online transition), and only one instance's `ZADD` can create it. Expiry is a
- * script that removes what it returns, so only one instance reports each offline transition.
- * Commands fail fast while Redis is down (no offline queue); the manager keeps the batch.
+ * A flush is one script call (EVALSHA; the text is sent once per connection) plus the seed keys'
+ * SETs, written in the same tick: one round trip. The scripts keep the per-room counts exact as
+ * they go (O(changes)); a sweep removes what expired in O(expiries). Each change is returned only
+ * to the caller that made it, so every instance reports it exactly once between them.
+ * Commands fail fast while Redis is down (no offline queue); the tracker keeps the batch.
  */
-import { createClient } from "redis";
+import { createClient, defineScript } from "redis";
 import type { Logger } from "../../log.ts";
-import type { PresenceBackend, PresenceBatch, RoomCounts } from "./presence.ts";
+import type { Membership, PresenceBatch, PresenceChanges, PresenceManager, RoomCounts, Transition } from "./presence.ts";
 
 export interface RedisPresenceOptions {
   url: string;
   keyPrefix: string;
+  /** Presence and hold lifetime after a write, ms. */
   ttlMs: number;
   typingTtlMs: number;
   log: Logger;
 }
 
-/** Removes and returns users whose presence expired (atomically: one caller gets each). */
-const EXPIRE_SCRIPT = `
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
-return ids`;
-
-/**
- * Per room: distinct online users among live holds, and live typers. Drops expired holds and
- * typing, and forgets rooms with neither. Returns a flat list room, online, typing, ….
- */
-const COUNTS_SCRIPT = `
-local now = tonumber(ARGV[1])
-local base = ARGV[2]
-local out = {}
-for _, room in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local hk = base .. 'room:' .. room
-  local tk = base .. 'typing:' .. room
-  redis.call('ZREMRANGEBYSCORE', hk, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', tk, '-inf', now)
-  local holders = redis.call('ZRANGE', hk, 0, -1)
-  local seen = {}
-  local online = 0
-  for _, h in ipairs(holders) do
-    local uid = string.match(h, '^(.*)|[^|]*$')
-    if uid and not seen[uid] then
-      seen[uid] = true
-      local s = redis.call('ZSCORE', KEYS[2], uid)
-      if s and tonumber(s) > now then online = online + 1 end
-    end
-  end
-  local typing = redis.call('ZCARD', tk)
-  if #holders == 0 and typing == 0 then
-    redis.call('SREM', KEYS[1], room)
-  else
-    table.insert(out, room)
-    table.insert(out, online)
-    table.insert(out, typing)
+/** The shared part of both write scripts: key names, helpers that keep the counts exact. */
+const COMMON = `
+local online, holds, hc, ur, hu, on, typing, tl, tc, ver, ru_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local changed, changedList = {}, {}
+local transitions, joins, leaves = {}, {}, {}
+local function touch(r)
+  if not changed[r] then changed[r] = true; table.insert(changedList, r) end
+end
+local function roomsOf(u)
+  local out = {}
+  local p = u .. '|'
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', ur, '[' .. p, '[' .. p .. '\\255')) do table.insert(out, string.sub(m, #p + 1)) end
+  return out
+end
+local function addOnline(rooms, delta)
+  for _, r in ipairs(rooms) do
+    local n = redis.call('HINCRBY', on, r, delta)
+    if n <= 0 then redis.call('HDEL', on, r) end
+    touch(r)
   end
 end
-return out`;
+local function transition(u, rooms)
+  table.insert(transitions, u); table.insert(transitions, #rooms)
+  for _, r in ipairs(rooms) do table.insert(transitions, r) end
+end
+local function dropHold(r, u)
+  local ru = r .. '|' .. u
+  if redis.call('HINCRBY', hc, ru, -1) > 0 then return end
+  redis.call('HDEL', hc, ru)
+  redis.call('ZREM', ur, u .. '|' .. r)
+  redis.call('ZREM', ru_key, ru)
+  local h = redis.call('HINCRBY', hu, r, -1)
+  if h <= 0 then redis.call('HDEL', hu, r); h = 0 end
+  if redis.call('ZSCORE', online, u) then addOnline({r}, -1) else touch(r) end
+  table.insert(leaves, r); table.insert(leaves, u); table.insert(leaves, h)
+end
+local function counts()
+  local out = {}
+  for _, r in ipairs(changedList) do
+    local v = redis.call('HINCRBY', ver, r, 1)
+    local p = r .. '|'
+    local typers = {}
+    for _, m in ipairs(redis.call('ZRANGEBYLEX', tl, '[' .. p, '[' .. p .. '\\255')) do table.insert(typers, string.sub(m, #p + 1)) end
+    table.insert(out, r)
+    table.insert(out, tonumber(redis.call('HGET', on, r) or '0'))
+    table.insert(out, tonumber(redis.call('HGET', hu, r) or '0'))
+    table.insert(out, v)
+    table.insert(out, table.concat(typers, '\\n'))
+  end
+  return out
+end
+`;
 
-type Client = ReturnType<typeof createClient>;
+/**
+ * ARGV: now, presence-until, typing-until, instance, #heartbeats, #holds, #releases, #typing, then
+ * the heartbeats' users and (room, user) pairs of holds, releases and typing.
+ */
+const APPLY = `${COMMON}
+local untilMs, typingUntil, inst = ARGV[2], ARGV[3], ARGV[4]
+local nH, nHo, nR, nT = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 9
+for _ = 1, nH do
+  local u = ARGV[i]; i = i + 1
+  if redis.call('ZADD', online, untilMs, u) == 1 then
+    local rooms = roomsOf(u)
+    addOnline(rooms, 1)
+    transition(u, rooms)
+  end
+end
+for _ = 1, nHo do
+  local r, u = ARGV[i], ARGV[i + 1]; i = i + 2
+  local ru = r .. '|' .. u
+  if redis.call('ZADD', holds, untilMs, ru .. '|' .. inst) == 1 and redis.call('HINCRBY', hc, ru, 1) == 1 then
+    redis.call('ZADD', ur, 0, u .. '|' .. r)
+    redis.call('ZADD', ru_key, 0, ru)
+    local h = redis.call('HINCRBY', hu, r, 1)
+    if redis.call('ZSCORE', online, u) then addOnline({r}, 1) else touch(r) end
+    table.insert(joins, r); table.insert(joins, u); table.insert(joins, h)
+  end
+end
+for _ = 1, nR do
+  local r, u = ARGV[i], ARGV[i + 1]; i = i + 2
+  if redis.call('ZREM', holds, r .. '|' .. u .. '|' .. inst) == 1 then dropHold(r, u) end
+end
+for _ = 1, nT do
+  local r, u = ARGV[i], ARGV[i + 1]; i = i + 2
+  local m = r .. '|' .. u
+  if redis.call('ZADD', typing, typingUntil, m) == 1 then
+    redis.call('ZADD', tl, 0, m)
+    redis.call('HINCRBY', tc, r, 1)
+    touch(r)
+  end
+end
+return {transitions, joins, leaves, counts(), 0}
+`;
 
-export class RedisPresenceBackend implements PresenceBackend {
+/** ARGV: now, limit. Users first, then holds, then typing; each expiry returned to one caller only. */
+const EXPIRE = `${COMMON}
+local now, limit = ARGV[1], tonumber(ARGV[2])
+local more = 0
+local users = redis.call('ZRANGEBYSCORE', online, '-inf', now, 'LIMIT', 0, limit)
+if #users == limit then more = 1 end
+for _, u in ipairs(users) do
+  redis.call('ZREM', online, u)
+  local rooms = roomsOf(u)
+  addOnline(rooms, -1)
+  transition(u, rooms)
+end
+local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, limit)
+if #expired == limit then more = 1 end
+for _, m in ipairs(expired) do
+  redis.call('ZREM', holds, m)
+  local r, u = string.match(m, '^([^|]*)|([^|]*)|')
+  if r then dropHold(r, u) end
+end
+local typed = redis.call('ZRANGEBYSCORE', typing, '-inf', now, 'LIMIT', 0, limit)
+if #typed == limit then more = 1 end
+for _, m in ipairs(typed) do
+  redis.call('ZREM', typing, m)
+  redis.call('ZREM', tl, m)
+  local r = string.match(m, '^([^|]*)|')
+  if redis.call('HINCRBY', tc, r, -1) <= 0 then redis.call('HDEL', tc, r) end
+  touch(r)
+end
+return {transitions, joins, leaves, counts(), more}
+`;
+
+/** Every room with holders or typers: room, online, holders, version, typers (a resync, O(rooms)). */
+const ALL_COUNTS = `${COMMON}
+local seen = {}
+for _, h in ipairs({hu, tc}) do
+  local flat = redis.call('HGETALL', h)
+  for j = 1, #flat, 2 do
+    local r = flat[j]
+    if not seen[r] then seen[r] = true; table.insert(changedList, r) end
+  end
+end
+local out = {}
+for _, r in ipairs(changedList) do
+  local p = r .. '|'
+  local typers = {}
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', tl, '[' .. p, '[' .. p .. '\\255')) do table.insert(typers, string.sub(m, #p + 1)) end
+  table.insert(out, r)
+  table.insert(out, tonumber(redis.call('HGET', on, r) or '0'))
+  table.insert(out, tonumber(redis.call('HGET', hu, r) or '0'))
+  table.insert(out, tonumber(redis.call('HGET', ver, r) or '0'))
+  table.insert(out, table.concat(typers, '\\n'))
+end
+return out
+`;
+
+const KEY_NAMES = ["online", "holds", "hc", "ur", "hu", "on", "typing", "tl", "tc", "ver", "ru"] as const;
+
+const script = (SCRIPT: string, readOnly = false) =>
+  defineScript({
+    SCRIPT,
+    NUMBER_OF_KEYS: KEY_NAMES.length,
+    IS_READ_ONLY: readOnly,
+    parseCommand(parser: { pushKeys(k: string[]): void; push(...a: string[]): void }, keys: string[], args: string[]) {
+      parser.pushKeys(keys);
+      parser.push(...args);
+    },
+    transformReply: (reply: unknown) => reply,
+  } as never);
+
+const SCRIPTS = { presenceApply: script(APPLY), presenceExpire: script(EXPIRE), presenceCounts: script(ALL_COUNTS, true) };
+
+type Reply = [unknown[], unknown[], unknown[], unknown[], number];
+type Client = ReturnType<typeof createClient<Record<string, never>, Record<string, never>, typeof SCRIPTS>>;
+type ScriptFn = (keys: string[], args: string[]) => Promise<unknown>;
+
+export class RedisPresenceManager implements PresenceManager {
   readonly engine = "redis" as const;
   private readonly client: Client;
+  private readonly keys: string[];
   private readonly base: string;
-  private readonly onlineKey: string;
-  private readonly roomsKey: string;
   private lastErrorLog = 0;
 
   constructor(private readonly o: RedisPresenceOptions) {
     this.base = `${o.keyPrefix}presence:{city}:`;
-    this.onlineKey = `${this.base}online`;
-    this.roomsKey = `${this.base}rooms`;
+    this.keys = KEY_NAMES.map((k) => this.base + k);
     this.client = createClient({
       url: o.url,
       disableOfflineQueue: true,
+      scripts: SCRIPTS,
       socket: { connectTimeout: 3000, reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, 1000) },
-    });
+    }) as unknown as Client;
     this.client.on("error", (err: Error) => {
       // node-redis reports every failed reconnect; one line per 10 s is enough.
       if (Date.now() - this.lastErrorLog > 10_000) {
@@ -121,65 +252,81 @@ export class RedisPresenceBackend implements PresenceBackend {
     return `${this.o.keyPrefix}presence:user:${userId}`;
   }
 
-  async apply(batch: PresenceBatch, now: number): Promise<string[]> {
-    const m = this.client.multi();
-    const ttlSeconds = Math.max(1, Math.ceil(this.o.ttlMs / 1000));
-    const until = now + this.o.ttlMs;
-    for (const u of batch.heartbeats) {
-      m.set(this.userKey(u), "online", { EX: ttlSeconds });
-      m.zAdd(this.onlineKey, { score: until, value: u });
+  async apply(batch: PresenceBatch, now: number): Promise<PresenceChanges> {
+    const args = [
+      String(now), String(now + this.o.ttlMs), String(now + this.o.typingTtlMs), batch.instance,
+      String(batch.heartbeats.length), String(batch.holds.length), String(batch.releases.length), String(batch.typing.length),
+      ...batch.heartbeats,
+    ];
+    for (const list of [batch.holds, batch.releases, batch.typing]) for (const { roomId, userId } of list) args.push(roomId, userId);
+    // The seed keys live outside the hash tag; written in the same tick, they share the round trip.
+    let seedKeys: Promise<unknown> = Promise.resolve();
+    if (batch.heartbeats.length) {
+      const m = this.client.multi();
+      const ex = Math.max(1, Math.ceil(this.o.ttlMs / 1000));
+      for (const u of batch.heartbeats) m.set(this.userKey(u), "online", { EX: ex });
+      seedKeys = m.execAsPipeline();
     }
-    for (const { roomId, userId } of batch.holds) {
-      m.zAdd(`${this.base}room:${roomId}`, { score: until, value: `${userId}|${batch.instance}` });
-      m.sAdd(this.roomsKey, roomId);
-    }
-    for (const { roomId, userId } of batch.releases) m.zRem(`${this.base}room:${roomId}`, `${userId}|${batch.instance}`);
-    for (const { roomId, userId } of batch.typing) {
-      m.zAdd(`${this.base}typing:${roomId}`, { score: now + this.o.typingTtlMs, value: userId });
-      m.sAdd(this.roomsKey, roomId);
-    }
-    const replies = (await m.execAsPipeline()) as unknown[];
-    const began: string[] = [];
-    batch.heartbeats.forEach((u, i) => {
-      if (replies[i * 2 + 1] === 1) began.push(u);
-    });
-    return began;
+    const [reply] = await Promise.all([(this.client.presenceApply as unknown as ScriptFn)(this.keys, args), seedKeys]);
+    return decode(reply as Reply);
   }
 
-  async expire(now: number): Promise<string[]> {
-    const gone: string[] = [];
-    for (;;) {
-      const ids = (await this.client.eval(EXPIRE_SCRIPT, { keys: [this.onlineKey], arguments: [String(now)] })) as string[];
-      gone.push(...ids);
-      if (ids.length < 1000) return gone;
-    }
+  async expire(now: number, limit: number): Promise<PresenceChanges & { more: boolean }> {
+    const reply = (await (this.client.presenceExpire as unknown as ScriptFn)(this.keys, [String(now), String(limit)])) as Reply;
+    return { ...decode(reply), more: Number(reply[4]) === 1 };
   }
 
-  async counts(now: number): Promise<Map<string, RoomCounts>> {
-    const flat = (await this.client.eval(COUNTS_SCRIPT, { keys: [this.roomsKey, this.onlineKey], arguments: [String(now), this.base] })) as (string | number)[];
-    const out = new Map<string, RoomCounts>();
-    for (let i = 0; i < flat.length; i += 3) out.set(String(flat[i]), { online: Number(flat[i + 1]), typing: Number(flat[i + 2]) });
-    return out;
+  async counts(): Promise<Map<string, RoomCounts>> {
+    const flat = (await (this.client.presenceCounts as unknown as ScriptFn)(this.keys, [])) as unknown[];
+    return decodeCounts(flat);
   }
 
   async isOnline(userId: string, now: number): Promise<boolean> {
-    const score = await this.client.zScore(this.onlineKey, userId);
+    const score = await this.client.zScore(this.keys[0]!, userId);
     return score !== null && score > now;
   }
 
   async onlineUsers(now: number): Promise<string[]> {
-    return (await this.client.zRangeByScore(this.onlineKey, `(${now}`, "+inf")).sort();
+    return (await this.client.zRangeByScore(this.keys[0]!, `(${now}`, "+inf")).sort();
   }
 
   async onlineCount(now: number): Promise<number> {
-    return this.client.zCount(this.onlineKey, `(${now}`, "+inf");
+    return this.client.zCount(this.keys[0]!, `(${now}`, "+inf");
   }
 
   async roomMembers(roomId: string, now: number): Promise<string[]> {
-    const holders = await this.client.zRangeByScore(`${this.base}room:${roomId}`, `(${now}`, "+inf");
-    const users = [...new Set(holders.map((h) => h.slice(0, h.lastIndexOf("|"))))];
+    const p = `${roomId}|`;
+    const users = (await this.client.zRangeByLex(this.keys[10]!, `[${p}`, `[${p}\xff`)).map((m) => m.slice(p.length));
     if (users.length === 0) return [];
-    const scores = await this.client.zmScore(this.onlineKey, users);
+    const scores = await this.client.zmScore(this.keys[0]!, users);
     return users.filter((_, i) => (scores[i] ?? 0) > now).sort();
   }
+}
+
+function decode(reply: Reply): PresenceChanges {
+  const [t, j, l, c] = reply;
+  const transitions: Transition[] = [];
+  for (let i = 0; i < t.length; ) {
+    const userId = String(t[i]);
+    const n = Number(t[i + 1]);
+    transitions.push({ userId, rooms: t.slice(i + 2, i + 2 + n).map(String).sort() });
+    i += 2 + n;
+  }
+  const memberships = (flat: unknown[]): Membership[] => {
+    const out: Membership[] = [];
+    for (let i = 0; i < flat.length; i += 3) out.push({ roomId: String(flat[i]), userId: String(flat[i + 1]), holders: Number(flat[i + 2]) });
+    return out;
+  };
+  return { transitions, joins: memberships(j), leaves: memberships(l), counts: decodeCounts(c) };
+}
+
+/** room, online, holders, version, typers ("\n"-joined) → counts. */
+function decodeCounts(flat: unknown[]): Map<string, RoomCounts> {
+  const out = new Map<string, RoomCounts>();
+  for (let i = 0; i < flat.length; i += 5) {
+    const typers = String(flat[i + 4] ?? "");
+    const typingUsers = typers === "" ? [] : typers.split("\n").sort();
+    out.set(String(flat[i]), { online: Number(flat[i + 1]), holders: Number(flat[i + 2]), version: Number(flat[i + 3]), typing: typingUsers.length, typingUsers });
+  }
+  return out;
 }

@@ -28,8 +28,8 @@ export function cityController(city: CityService, verifier: TokenVerifier) {
     async ({ params, principal }: { params: { room_id: string }; principal: Principal | null }) => {
       const user = requireUser(principal);
       const id = roomId(params.room_id);
-      await city.announceMembership(id, user, event);
-      return { ok: true as const, room_id: id, user_id: user };
+      const announced = await city.announceMembership(id, user, event);
+      return { ok: true as const, room_id: id, user_id: user, announced };
     };
   return new Elysia({ name: "city" })
     .use(authPlugin(verifier))

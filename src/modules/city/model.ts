@@ -31,6 +31,7 @@ export const RoomListItemModel = t.Composite([
 export const MessageModel = t.Object({
   id: t.String({ examples: ["m_city_01JD4Q1W3YB4T6Z0R9J8K7H5G2"] }),
   room_id: t.String(),
+  seq: t.Integer({ minimum: 1, description: "the message's number in its room: 1, 2, 3, … with no gaps, the same on every instance" }),
   author_user_id: Nullable(t.String()),
   author_agent_id: Nullable(t.String()),
   body: t.String(),
@@ -75,7 +76,7 @@ export const RoomsQuery = t.Object({
 });
 
 export const MessagesQuery = t.Object({
-  before: t.Optional(t.String({ description: "a message id: return the page just older than it" })),
+  before: t.Optional(t.String({ description: "a message seq or id: return the page just older than it" })),
   limit: t.Optional(t.Integer({ minimum: 1, maximum: 200, default: 50 })),
 });
 
@@ -84,7 +85,12 @@ export const FeedQuery = t.Object({
   limit: t.Optional(t.Integer({ minimum: 1, maximum: 100, default: 20 })),
 });
 
-export const MembershipModel = t.Object({ ok: t.Literal(true), room_id: t.String(), user_id: t.String() });
+export const MembershipModel = t.Object({
+  ok: t.Literal(true),
+  room_id: t.String(),
+  user_id: t.String(),
+  announced: t.Boolean({ description: "false when the room has more than ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users: no event was sent" }),
+});
 
 export const RoomMappingModel = t.Object({
   id: t.String(),

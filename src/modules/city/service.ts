@@ -6,12 +6,12 @@
 import type { Clock } from "../../clock.ts";
 import type { Broker } from "../../engine/broker/broker.ts";
 import { AppError } from "../../engine/errors.ts";
-import type { Hub } from "../../engine/hub.ts";
-import { encodeRoomMembership, encodeRoomMessage, roomTopic } from "../../engine/protocol.ts";
-import type { RateLimiter } from "../../engine/ratelimit.ts";
+import { encodeRoomMembership, encodeRoomMessage } from "../../engine/protocol.ts";
+import type { Limit } from "../../engine/ratelimit.ts";
+import type { RoomHistory, RoomStreams } from "../../engine/streams.ts";
 import { IdGenerator, isId, roomIdForSlug, SLUG_RE } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
-import type { FeedEvent, Message, MessageWrite, Room, RoomMatrixMapping, RoomSummary, Store } from "../../storage/store.ts";
+import type { FeedEvent, Message, NewMessage, Room, RoomMatrixMapping, RoomSummary, Store } from "../../storage/store.ts";
 import { MessageWriter } from "./writer.ts";
 
 /** Body text limits (SPEC "HTTP API": 1 to 4,000 characters after trimming). */
@@ -21,18 +21,23 @@ export const ROOM_DETAIL_MESSAGES = 50;
 /** NATS subject of the city event for each new message (seed 002/004 listen on `city.event.*`). */
 export const ROOM_MESSAGE_EVENT_SUBJECT = "city.event.room_message";
 
-/** Who is online in a room (the presence manager's counts). */
+/** Who is in a room (the presence tracker's view). */
 export interface RoomOccupancy {
   /** Distinct users counted online in `roomId`. */
   count(roomId: string): number;
+  /** Distinct users holding a socket in `roomId` on any instance, online or not. */
+  holders(roomId: string): number;
 }
 
 export interface CityServiceOptions {
   store: Store;
-  hub: Hub;
+  streams: RoomStreams;
   broker: Broker;
   occupancy: RoomOccupancy;
-  writeLimiter: RateLimiter;
+  /** Per-user budget of writes (messages, rooms, join/leave announcements). */
+  writeLimit: Limit;
+  /** Join/leave announcements only while a room has at most this many users (as socket joins). */
+  membershipEventsMaxMembers: number;
   clock: Clock;
   log: Logger;
   ids?: IdGenerator;
@@ -81,9 +86,18 @@ export class CityService {
       ids: this.ids,
       clock: o.clock,
       log: o.log,
-      onCommitted: (batch) => this.publishCommitted(batch),
+      onCommitted: (messages) => this.publishCommitted(messages),
     });
   }
+
+  /** The store seen as room frames, for room streams' gap filling, positioning and recovery. */
+  readonly history: RoomHistory = {
+    lastSeqs: (roomIds) => this.o.store.lastSeqs(roomIds),
+    read: async (roomId, q) => {
+      const rows = await this.o.store.listMessages(roomId, { afterSeq: q.afterSeq, beforeSeq: q.beforeSeq, limit: q.limit, oldest: q.oldest });
+      return rows.map((m) => ({ seq: m.seq, frame: encodeRoomMessage(roomId, m) }));
+    },
+  };
 
   /**
    * Creates the CITY_DEFAULT_ROOMS that do not exist yet, each with a welcome message and a
@@ -97,7 +111,7 @@ export class CityService {
       // Strictly increasing, so the rooms list in CITY_DEFAULT_ROOMS order even within one ms.
       const now = (last = Math.max(this.o.clock.now(), last + 1));
       const room = this.newRoom(slug, titleOf(slug), SEED_DESCRIPTIONS[slug] ?? null, null, true, now);
-      const welcome: Message = {
+      const welcome: NewMessage = {
         id: this.ids.make("message", now), room_id: room.id, author_user_id: null, author_agent_id: null,
         body: `Ласкаво просимо до кімнати ${room.name}!`, created_at: room.created_at,
       };
@@ -123,7 +137,7 @@ export class CityService {
     if (!SLUG_RE.test(input.slug)) throw new AppError("validation_failed", "slug must match ^[a-z0-9][a-z0-9_-]{0,62}$");
     const name = input.name.trim();
     if (name.length === 0) throw new AppError("validation_failed", "name must not be blank");
-    this.takeWrite(userId);
+    await this.takeWrite(userId);
     const now = this.o.clock.now();
     const room = this.newRoom(input.slug, name, input.description?.trim() || null, userId, false, now);
     const event = this.systemEvent(room, `Кімнату ${room.name} створено`, now, userId);
@@ -163,44 +177,46 @@ export class CityService {
   async postMessage(roomId: string, userId: string, body: unknown): Promise<Message> {
     const text = validateBody(body);
     await this.requireRoom(roomId);
-    this.takeWrite(userId);
+    await this.takeWrite(userId);
     return this.writer.write({ roomId, authorUserId: userId, authorAgentId: null, body: text });
   }
 
   /**
-   * Messages of a room oldest-first; with `before`, the page just older than that message id.
+   * Messages of a room in seq order; with `before` (a message id or a seq), the page just older.
    * @throws AppError `invalid_cursor`, `room_not_found`
    */
   async listMessages(roomId: string, before: string | undefined, limit: number): Promise<Message[]> {
-    if (before !== undefined && !isId("message", before)) throw new AppError("invalid_cursor", "before must be a message id (m_city_<ULID>)");
     await this.requireRoom(roomId);
-    return this.o.store.listMessages(roomId, { before, limit });
+    const beforeSeq = before === undefined ? undefined : await this.resolveCursor(roomId, before, "before");
+    return this.o.store.listMessages(roomId, { beforeSeq, limit });
   }
 
   /**
-   * Messages after `since` for a reconnecting socket: the newest `max`, and whether more were missed.
-   * Messages this instance has committed but not yet published are left out: they reach the socket
-   * live once it subscribes, so it gets them exactly once. Call the hub's recovery with this as the
-   * loader, so nothing runs between this read and the subscription.
-   * @throws AppError `invalid_cursor`
+   * A message cursor as a seq: a seq (`"41"`) as it is, a message id looked up in the room.
+   * @throws AppError `invalid_cursor` for anything else, or an id the room does not have
    */
-  async missedMessages(roomId: string, since: string, max: number): Promise<{ messages: Message[]; truncated: boolean }> {
-    if (!isId("message", since)) throw new AppError("invalid_cursor", "since must be a message id (m_city_<ULID>)");
-    const found = await this.o.store.listMessages(roomId, { after: since, limit: max + 1 });
-    const cut = this.writer.unpublishedFrom(roomId);
-    const published = cut === undefined ? found : found.filter((m) => m.id < cut);
-    const truncated = found.length > max;
-    return { messages: truncated ? published.slice(-max) : published, truncated };
+  async resolveCursor(roomId: string, cursor: string, name: "before" | "since"): Promise<number> {
+    if (/^\d{1,15}$/.test(cursor)) return Number(cursor);
+    if (!isId("message", cursor)) throw new AppError("invalid_cursor", `${name} must be a message seq or id (m_city_<ULID>)`);
+    const seq = await this.o.store.messageSeq(roomId, cursor);
+    if (seq === null) throw new AppError("invalid_cursor", `${name}: room ${roomId} has no message ${cursor}`);
+    return seq;
   }
 
   /**
    * Announces that `userId` joined or left a room (seed 001 `POST /city/rooms/{id}/join|leave`):
-   * a `room.join`/`room.leave` event to the room's sockets on every instance.
-   * @throws AppError `room_not_found`
+   * a `room.join`/`room.leave` event to the room's sockets on every instance, within the user's
+   * write budget, and only while the room has at most ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users
+   * (as socket joins: above it every join would go to everyone).
+   * @returns whether the event went out
+   * @throws AppError `room_not_found`, `rate_limited`
    */
-  async announceMembership(roomId: string, userId: string, event: "room.join" | "room.leave"): Promise<void> {
+  async announceMembership(roomId: string, userId: string, event: "room.join" | "room.leave"): Promise<boolean> {
     await this.requireRoom(roomId);
-    this.o.hub.publish(roomTopic(roomId), { cursor: null, frame: encodeRoomMembership(event, roomId, userId) });
+    await this.takeWrite(userId);
+    if (this.o.occupancy.holders(roomId) > this.o.membershipEventsMaxMembers) return false;
+    this.o.streams.publishEvent(roomId, encodeRoomMembership(event, roomId, userId));
+    return true;
   }
 
   /**
@@ -218,18 +234,18 @@ export class CityService {
   }
 
   /** @throws AppError `rate_limited` */
-  takeWrite(userId: string): void {
-    const wait = this.o.writeLimiter.take(userId);
+  async takeWrite(userId: string): Promise<void> {
+    const wait = await this.o.writeLimit.take(userId);
     if (wait > 0) throw new AppError("rate_limited", `too many writes; retry in ${wait} s`, wait);
   }
 
-  private publishCommitted(batch: MessageWrite[]): void {
-    for (const { message } of batch) {
-      const frame = encodeRoomMessage(message.room_id, message);
-      this.o.hub.publish(roomTopic(message.room_id), { cursor: message.id, frame });
+  private publishCommitted(messages: Message[]): void {
+    for (const m of messages) {
+      const frame = encodeRoomMessage(m.room_id, m);
+      this.o.streams.publishMessage(m.room_id, m.seq, frame);
       this.o.broker.publish(ROOM_MESSAGE_EVENT_SUBJECT, frame);
     }
-    this.o.onPublished?.(batch.length);
+    this.o.onPublished?.(messages.length);
   }
 
   private newRoom(slug: string, name: string, description: string | null, createdBy: string | null, isDefault: boolean, now: number): Room {

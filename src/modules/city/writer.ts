@@ -2,22 +2,23 @@
  * MessageWriter: the write path of room messages (seed 000 §4.1/§5.1: persist, record a
  * `room_message` feed event, then publish). Per room, writes are serialised and batched: while one
  * batch is being committed, new messages queue, and the next commit takes them all at once (group
- * commit). Ids are assigned when a batch is formed, so within a room, id order = commit order =
- * publish order, which is what SPEC "Realtime guarantees" asks of a room.
+ * commit). The store numbers each batch with the room's seq in the committing transaction; the
+ * writer publishes batches in commit order, so on this instance seq order = publish order, and
+ * room streams put other instances' messages in between in seq order.
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
 import { IdGenerator, idTime } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
-import type { FeedEvent, Message, MessageWrite, Store } from "../../storage/store.ts";
+import type { FeedEvent, Message, MessageWrite, NewMessage, Store } from "../../storage/store.ts";
 
 export interface MessageWriterOptions {
   store: Store;
   ids: IdGenerator;
   clock: Clock;
   log: Logger;
-  /** Called once per committed batch, in commit order, before any writer promise resolves. */
-  onCommitted(batch: MessageWrite[]): void;
+  /** Called once per committed batch (numbered, in seq order), before any writer promise resolves. */
+  onCommitted(messages: Message[], batch: MessageWrite[]): void;
   /** Most messages in one commit. */
   maxBatch?: number;
 }
@@ -39,7 +40,7 @@ interface Pending {
 const SNIPPET_CHARS = 140;
 
 /** The feed payload of seed 000 §4.1 (`body`, `snippet`) plus the message id it records. */
-export function feedPayload(message: Message): Record<string, unknown> {
+export function feedPayload(message: NewMessage): Record<string, unknown> {
   const chars = [...message.body];
   const snippet = chars.length > SNIPPET_CHARS ? chars.slice(0, SNIPPET_CHARS - 1).join("") + "…" : message.body;
   return { body: message.body, snippet, message_id: message.id };
@@ -48,8 +49,6 @@ export function feedPayload(message: Message): Record<string, unknown> {
 export class MessageWriter {
   private readonly queues = new Map<string, Pending[]>();
   private readonly busy = new Set<string>();
-  /** Per room, the first id of the batch being committed: committed rows may be visible before they are published. */
-  private readonly inFlight = new Map<string, string>();
   private readonly idle: (() => void)[] = [];
   private closed = false;
 
@@ -71,14 +70,6 @@ export class MessageWriter {
     });
   }
 
-  /**
-   * The lowest id of `roomId`'s batch that is being committed and not yet published, if any.
-   * A reader of the store that must not see a message before its publication (recovery) stops below it.
-   */
-  unpublishedFrom(roomId: string): string | undefined {
-    return this.inFlight.get(roomId);
-  }
-
   /** Refuses new writes and resolves once every queued write has been committed or failed. */
   async drain(): Promise<void> {
     this.closed = true;
@@ -95,24 +86,22 @@ export class MessageWriter {
         if (!q || q.length === 0) break;
         const taken = q.splice(0, max);
         const batch = taken.map((p) => this.materialise(p.draft));
-        this.inFlight.set(roomId, batch[0]!.message.id);
+        let first: number;
         try {
-          await this.opts.store.appendMessages(batch);
+          first = await this.opts.store.appendMessages(roomId, batch);
         } catch (err) {
-          this.inFlight.delete(roomId);
           this.opts.log.error("city: message commit failed", { room_id: roomId, messages: batch.length, err });
           const e = new AppError("store_unavailable", "the message store is unavailable; nothing was saved", 1);
           for (const p of taken) p.reject(e);
           continue;
         }
+        const messages: Message[] = batch.map((w, i) => ({ ...w.message, seq: first + i }));
         try {
-          this.opts.onCommitted(batch);
+          this.opts.onCommitted(messages, batch);
         } catch (err) {
           this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
-        } finally {
-          this.inFlight.delete(roomId);
         }
-        for (let i = 0; i < taken.length; i++) taken[i]!.resolve(batch[i]!.message);
+        for (let i = 0; i < taken.length; i++) taken[i]!.resolve(messages[i]!);
       }
     } finally {
       this.queues.delete(roomId);
@@ -124,7 +113,7 @@ export class MessageWriter {
   private materialise(d: MessageDraft): MessageWrite {
     const id = this.opts.ids.make("message", this.opts.clock.now());
     const created_at = new Date(idTime("message", id)).toISOString();
-    const message: Message = { id, room_id: d.roomId, author_user_id: d.authorUserId, author_agent_id: d.authorAgentId, body: d.body, created_at };
+    const message: NewMessage = { id, room_id: d.roomId, author_user_id: d.authorUserId, author_agent_id: d.authorAgentId, body: d.body, created_at };
     const event: FeedEvent = {
       id: this.opts.ids.make("feedEvent", this.opts.clock.now()),
       kind: "room_message",

@@ -1,85 +1,132 @@
 /**
- * PresenceService: turns what the presence engine observes into frames (seed 000 §5, seed 003 §6).
+ * PresenceService: turns what the presence tracker observes into frames and NATS events (seed 000
+ * §5, seed 003 §4–§6), each exactly once per client across instances.
  *
  * - Transitions: the one instance that detects a user's online/offline transition publishes it on
- *   the broker subject `city.presence.transition`; every instance (itself included) then sends
- *   `presence.update` to its presence sockets and `room.presence` to the rooms where it holds a
- *   socket of that user. `presence.update` goes to every listening socket, so a reconnect storm
+ *   `city.presence.transition` with the rooms the user holds anywhere; every instance (itself
+ *   included) sends `presence.update` to its presence sockets and `room.presence` to its own
+ *   sockets in those rooms. `presence.update` goes to every listening socket, so a reconnect storm
  *   of n users costs n² deliveries: it is sent only while at most PRESENCE_UPDATES_MAX_AUDIENCE
  *   local sockets listen (sockets opened with `?events=counts` do not).
- * - Room counts: every instance computes the same counts from the same backend each sweep and
- *   sends `{type:"room.presence", …}` to its presence sockets, at once when a room's online count
- *   changed, otherwise at most once per ROOM_PRESENCE_THROTTLE_MS per room (seed 003 §5.3).
+ * - Memberships: a user's first socket in a room on any instance (and their last one leaving) is
+ *   announced once, by the instance whose write saw it, as `room.join` + `room.presence` to the
+ *   room's sockets everywhere, while the room has at most ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users.
+ * - Room counts: the instance whose write changed a room's numbers publishes them on
+ *   `city.presence.room.<slug>` in seed 003 §4.1's payload (plus `version` and `connected_count`)
+ *   and sends `{type:"room.presence", …}` to its presence sockets: at once when the online count
+ *   changed, otherwise at most once per ROOM_PRESENCE_THROTTLE_MS per room (seed 003 §5.3). Other
+ *   instances apply the newest version and tell their sockets. Every instance resyncs all numbers
+ *   from the presence store every PRESENCE_RESYNC_MS and when the broker link comes back.
  */
-import type { Clock } from "../../clock.ts";
+import { systemScheduler, type Clock, type Scheduler, type Timer } from "../../clock.ts";
 import type { Broker } from "../../engine/broker/broker.ts";
 import type { Hub } from "../../engine/hub.ts";
-import type { PresenceManager, PresenceStatus, RoomCounts } from "../../engine/presence/presence.ts";
+import type { Membership, PresenceStatus, PresenceTracker, RoomCounts } from "../../engine/presence/presence.ts";
 import {
-  encodePresenceSnapshot, encodePresenceUpdate, encodeRoomPresenceCounts, encodeRoomUserPresence, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC,
-  roomTopic, slugOfRoom, type RoomPresenceCounts,
+  encodePresenceSnapshot, encodePresenceUpdate, encodeRoomMembership, encodeRoomPresenceCounts, encodeRoomUserPresence, PRESENCE_COUNTS_TOPIC,
+  PRESENCE_USERS_TOPIC, slugOfRoom, type RoomPresenceCounts,
 } from "../../engine/protocol.ts";
+import type { RoomStreams } from "../../engine/streams.ts";
+import { roomIdForSlug } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
-import type { Store } from "../../storage/store.ts";
+import type { RoomMatrixMapping, Store } from "../../storage/store.ts";
 
-/** Broker subject carrying `{user_id, status}` for each transition, once, from its detector. */
+/** Broker subject carrying `{user_id, status, rooms}` for each transition, once, from its detector. */
 export const TRANSITION_SUBJECT = "city.presence.transition";
-/** How long the room list for snapshots is reused, ms. */
+/** Seed 003 §4.1: room-level presence, `city.presence.room.<slug>`. */
+export const ROOM_PRESENCE_SUBJECT = "city.presence.room";
+/** How long the room list (for snapshots and the Matrix ids of §4.1) is reused, ms. */
 const ROOM_LIST_TTL_MS = 10_000;
 
 export interface PresenceServiceOptions {
-  presence: PresenceManager;
+  presence: PresenceTracker;
   hub: Hub;
+  streams: RoomStreams;
   broker: Broker;
   store: Store;
   clock: Clock;
+  scheduler?: Scheduler;
   log: Logger;
   throttleMs: number;
-  /** Per-user room events only while this instance holds at most this many users in the room. */
+  /** Per-user room events only while the room has at most this many users holding a socket. */
   membershipEventsMaxMembers: number;
   /** `presence.update` only while at most this many local sockets listen for it. */
   updatesMaxAudience: number;
+  /** Full reload of every room's numbers, ms (0: only on broker reconnects). */
+  resyncMs?: number;
+}
+
+/** Seed 003 §4.1's payload, plus what instances need to agree (`version`, `connected_count`). */
+export interface RoomPresenceEvent {
+  type: "room.presence";
+  room_slug: string;
+  matrix_room_id: string | null;
+  matrix_room_alias: string | null;
+  online_count: number;
+  typing_count: number;
+  typing_users: string[];
+  last_event_ts: number;
+  /** Grows with every change of the room's numbers; a consumer keeps the highest. */
+  version: number;
+  /** Users with a socket open in the room, online or not. */
+  connected_count: number;
 }
 
 interface Throttle {
   sentAt: number;
-  sent: RoomCounts | null;
-  pending: RoomCounts | null;
-  timer: ReturnType<typeof setTimeout> | null;
+  sentOnline: number | null;
+  timer: Timer | null;
 }
 
 export class PresenceService {
   private readonly throttles = new Map<string, Throttle>();
-  private rooms: { ids: string[]; at: number } | null = null;
-  private unsubscribe: (() => void) | null = null;
+  /** The numbers last sent to this instance's presence sockets, per room. */
+  private readonly shown = new Map<string, { online: number; typing: number }>();
+  private rooms: { list: RoomMatrixMapping[]; byId: Map<string, RoomMatrixMapping>; at: number } | null = null;
+  private readonly unsubscribe: (() => void)[] = [];
+  private resyncTimer: Timer | null = null;
+  private readonly scheduler: Scheduler;
   /** Local presence sockets subscribed to per-user transitions. */
   private updateAudience = 0;
+  /** Counters for /metrics. */
+  readonly stats = { countsPublished: 0, countsApplied: 0, badEvents: 0 };
 
-  constructor(private readonly o: PresenceServiceOptions) {}
+  constructor(private readonly o: PresenceServiceOptions) {
+    this.scheduler = o.scheduler ?? systemScheduler;
+  }
 
-  /** Subscribes to the engine's transitions and counts and to other instances' transitions. */
+  /** Subscribes to the tracker's reports and to other instances' transitions and counts. */
   start(): void {
-    const { presence, broker, log } = this.o;
-    presence.onTransition((userId, status) => {
-      broker.publish(TRANSITION_SUBJECT, JSON.stringify({ user_id: userId, status }));
-      this.applyTransition(userId, status);
+    const { presence, broker } = this.o;
+    // Warm the room list: published counts carry each room's Matrix ids (seed 003 §4.1).
+    void this.roomList().catch(() => {});
+    presence.onTransition((t, status) => {
+      broker.publish(TRANSITION_SUBJECT, JSON.stringify({ user_id: t.userId, status, rooms: t.rooms }));
+      this.applyTransition(t.userId, status, t.rooms);
     });
-    this.unsubscribe = broker.subscribe(TRANSITION_SUBJECT, (_subject, payload) => {
-      try {
-        const t = JSON.parse(payload) as { user_id: string; status: PresenceStatus };
-        if (typeof t.user_id === "string" && (t.status === "online" || t.status === "offline")) this.applyTransition(t.user_id, t.status);
-      } catch (err) {
-        log.warn("presence: bad transition from the broker", { err });
+    presence.onMembership((m, kind) => this.announce(m, kind));
+    presence.onRoomCounts((changed, origin) => {
+      for (const [roomId, counts] of changed) {
+        if (origin === "local") this.publishCounts(roomId, counts);
+        else this.show(roomId, counts);
       }
     });
-    presence.onRoomCounts((changed) => {
-      for (const [roomId, counts] of changed) this.countsChanged(roomId, counts);
-    });
+    this.unsubscribe.push(
+      broker.subscribe(TRANSITION_SUBJECT, (_subject, payload) => {
+        const t = parseTransition(payload);
+        if (t) this.applyTransition(t.user_id, t.status, t.rooms);
+        else this.bad("transition", payload);
+      }),
+      broker.subscribe(`${ROOM_PRESENCE_SUBJECT}.*`, (subject, payload) => this.onRoomPresence(subject, payload)),
+      broker.onStatus((state) => state === "up" && void this.resync()),
+    );
+    if ((this.o.resyncMs ?? 30_000) > 0) this.resyncTimer = this.scheduler.every(this.o.resyncMs ?? 30_000, () => void this.resync());
   }
 
   close(): void {
-    this.unsubscribe?.();
-    for (const t of this.throttles.values()) if (t.timer) clearTimeout(t.timer);
+    for (const u of this.unsubscribe.splice(0)) u();
+    this.resyncTimer?.cancel();
+    for (const t of this.throttles.values()) t.timer?.cancel();
     this.throttles.clear();
   }
 
@@ -88,72 +135,163 @@ export class PresenceService {
     this.updateAudience += delta;
   }
 
-  /** Forgets the cached room list (after a room is created here). */
+  /** Forgets the cached room list (after a room is created or changed here). */
   roomsChanged(): void {
     this.rooms = null;
   }
 
   /**
-   * The snapshot for a new presence socket (seed 003 §6.2): every room, with its counts as of now.
-   * The room list is read (or reused) first; the counts are taken when the caller sends the frame.
+   * The snapshot for a new presence socket (seed 003 §6.2): every room, with its numbers as of now.
+   * The room list is read (or reused) first; the numbers are taken when the caller sends the frame.
    * @returns a function building the frame; call it and subscribe in the same tick
    */
   async prepareSnapshot(): Promise<() => string> {
-    const now = this.o.clock.now();
-    if (!this.rooms || now - this.rooms.at > ROOM_LIST_TTL_MS) {
-      const ids = (await this.o.store.listRoomMatrixMappings()).map((r) => r.id);
-      this.rooms = { ids, at: now };
-    }
-    const ids = this.rooms.ids;
+    const { list } = await this.roomList();
     return () => {
-      const counts = this.o.presence.snapshot();
-      const seen = new Set(ids);
-      const rooms: RoomPresenceCounts[] = ids.map((id) => toWire(id, counts.get(id)));
-      for (const [id, c] of counts) if (!seen.has(id)) rooms.push(toWire(id, c));
+      const view = this.o.presence.snapshot();
+      const seen = new Set<string>();
+      const rooms: RoomPresenceCounts[] = [];
+      for (const r of list) {
+        seen.add(r.id);
+        rooms.push(toWire(r.id, view.get(r.id)));
+      }
+      for (const [id, c] of view) if (!seen.has(id) && (c.online > 0 || c.typing > 0)) rooms.push(toWire(id, c));
       return encodePresenceSnapshot(rooms);
     };
   }
 
-  private applyTransition(userId: string, status: PresenceStatus): void {
-    const { hub, presence } = this.o;
-    if (this.updateAudience > 0 && this.updateAudience <= this.o.updatesMaxAudience) {
-      hub.publishLocal(PRESENCE_USERS_TOPIC, { cursor: null, frame: encodePresenceUpdate(userId, status) });
-    }
-    for (const roomId of presence.roomsHeldLocally(userId)) {
-      if (presence.localUserCount(roomId) > this.o.membershipEventsMaxMembers) continue;
-      hub.publish(roomTopic(roomId), { cursor: null, frame: encodeRoomUserPresence(roomId, userId, status) });
+  /** Reloads every room's numbers (each that differs goes to the presence sockets). */
+  async resync(): Promise<void> {
+    try {
+      await this.o.presence.resync();
+    } catch (err) {
+      this.o.log.warn("presence: resync failed", { err });
     }
   }
 
-  private countsChanged(roomId: string, counts: RoomCounts): void {
-    let t = this.throttles.get(roomId);
-    if (!t) this.throttles.set(roomId, (t = { sentAt: -Infinity, sent: null, pending: null, timer: null }));
+  private async roomList() {
     const now = this.o.clock.now();
-    const onlineChanged = (t.sent?.online ?? 0) !== counts.online;
-    if (onlineChanged || now - t.sentAt >= this.o.throttleMs) {
-      this.send(roomId, t, counts, now);
-      return;
+    if (!this.rooms || now - this.rooms.at > ROOM_LIST_TTL_MS) {
+      const list = await this.o.store.listRoomMatrixMappings();
+      this.rooms = { list, byId: new Map(list.map((r) => [r.id, r])), at: now };
     }
-    t.pending = counts;
-    t.timer ??= setTimeout(() => {
-      const th = this.throttles.get(roomId);
-      if (!th) return;
-      th.timer = null;
-      if (th.pending) this.send(roomId, th, th.pending, this.o.clock.now());
-    }, t.sentAt + this.o.throttleMs - now);
+    return this.rooms;
   }
 
-  private send(roomId: string, t: Throttle, counts: RoomCounts, now: number): void {
-    if (t.timer) clearTimeout(t.timer);
+  private applyTransition(userId: string, status: PresenceStatus, rooms: string[]): void {
+    const { hub, presence, streams } = this.o;
+    if (this.updateAudience > 0 && this.updateAudience <= this.o.updatesMaxAudience) {
+      hub.publishLocal(PRESENCE_USERS_TOPIC, encodePresenceUpdate(userId, status));
+    }
+    for (const roomId of rooms) {
+      if (presence.roomHolders(roomId) > this.o.membershipEventsMaxMembers) continue;
+      streams.publishEventLocal(roomId, encodeRoomUserPresence(roomId, userId, status));
+    }
+  }
+
+  /** `room.join`/`room.leave` and the matching `room.presence`, unless the room is too large for per-user events. */
+  private announce(m: Membership, kind: "join" | "leave"): void {
+    // Join: the room has `holders` users now; leave: it had one more before.
+    const users = kind === "join" ? m.holders : m.holders + 1;
+    if (users > this.o.membershipEventsMaxMembers) return;
+    const { streams } = this.o;
+    streams.publishEvent(m.roomId, encodeRoomMembership(kind === "join" ? "room.join" : "room.leave", m.roomId, m.userId));
+    streams.publishEvent(m.roomId, encodeRoomUserPresence(m.roomId, m.userId, kind === "join" ? "online" : "offline"));
+  }
+
+  /** This instance changed a room's numbers: tell the others and the presence sockets, throttled. */
+  private publishCounts(roomId: string, counts: RoomCounts): void {
+    let t = this.throttles.get(roomId);
+    if (!t) this.throttles.set(roomId, (t = { sentAt: -Infinity, sentOnline: null, timer: null }));
+    const now = this.o.clock.now();
+    if (t.sentOnline !== counts.online || now - t.sentAt >= this.o.throttleMs) return this.sendCounts(roomId, t);
+    t.timer ??= this.scheduler.after(t.sentAt + this.o.throttleMs - now, () => {
+      t.timer = null;
+      this.sendCounts(roomId, t);
+    });
+  }
+
+  /** Publishes the room's latest numbers (the view's, which may be newer than what triggered it). */
+  private sendCounts(roomId: string, t: Throttle): void {
+    t.timer?.cancel();
     t.timer = null;
-    t.pending = null;
-    t.sent = counts;
-    t.sentAt = now;
-    this.o.hub.publishLocal(PRESENCE_COUNTS_TOPIC, { cursor: null, frame: encodeRoomPresenceCounts(toWire(roomId, counts)) });
-    if (counts.online === 0 && counts.typing === 0) this.throttles.delete(roomId);
+    const counts = this.o.presence.snapshot().get(roomId);
+    if (!counts) return;
+    t.sentAt = this.o.clock.now();
+    t.sentOnline = counts.online;
+    if (!this.rooms || this.o.clock.now() - this.rooms.at > ROOM_LIST_TTL_MS) void this.roomList().catch(() => {});
+    const mapping = this.rooms?.byId.get(roomId);
+    const event: RoomPresenceEvent = {
+      type: "room.presence", room_slug: slugOfRoom(roomId), matrix_room_id: mapping?.matrix_room_id ?? null,
+      matrix_room_alias: mapping?.matrix_room_alias ?? null, online_count: counts.online, typing_count: counts.typing,
+      typing_users: counts.typingUsers, last_event_ts: t.sentAt, version: counts.version, connected_count: counts.holders,
+    };
+    this.o.broker.publish(`${ROOM_PRESENCE_SUBJECT}.${event.room_slug}`, JSON.stringify(event));
+    this.stats.countsPublished++;
+    this.show(roomId, counts);
+    if (counts.holders === 0 && counts.typing === 0) this.throttles.delete(roomId);
+  }
+
+  /** Another instance's numbers: newest version wins. */
+  private onRoomPresence(subject: string, payload: string): void {
+    const slug = subject.slice(ROOM_PRESENCE_SUBJECT.length + 1);
+    const e = parseRoomPresence(payload);
+    if (!e || e.room_slug !== slug) return this.bad("room presence", payload);
+    const roomId = roomIdForSlug(slug);
+    const counts: RoomCounts = {
+      online: e.online_count, typing: e.typing_count, typingUsers: e.typing_users, holders: e.connected_count, version: e.version,
+    };
+    if (this.o.presence.merge(roomId, counts)) {
+      this.stats.countsApplied++;
+      this.show(roomId, counts);
+    }
+  }
+
+  /** Sends `room.presence` to this instance's presence sockets when what they show changed. */
+  private show(roomId: string, counts: RoomCounts): void {
+    const prev = this.shown.get(roomId);
+    if (prev && prev.online === counts.online && prev.typing === counts.typing) return;
+    if (counts.online === 0 && counts.typing === 0) this.shown.delete(roomId);
+    else this.shown.set(roomId, { online: counts.online, typing: counts.typing });
+    if (!prev && counts.online === 0 && counts.typing === 0) return;
+    this.o.hub.publishLocal(PRESENCE_COUNTS_TOPIC, encodeRoomPresenceCounts(toWire(roomId, counts)));
+  }
+
+  private lastBadLog = 0;
+  private bad(what: string, payload: string): void {
+    this.stats.badEvents++;
+    const now = this.o.clock.now();
+    if (now - this.lastBadLog < 60_000) return;
+    this.lastBadLog = now;
+    this.o.log.warn(`presence: ignored a malformed ${what} event from the broker`, { payload: payload.slice(0, 200) });
   }
 }
 
-function toWire(roomId: string, c: RoomCounts | undefined): RoomPresenceCounts {
+function toWire(roomId: string, c: { online: number; typing: number } | undefined): RoomPresenceCounts {
   return { room_slug: slugOfRoom(roomId), online_count: c?.online ?? 0, typing_count: c?.typing ?? 0 };
+}
+
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+function parseTransition(payload: string): { user_id: string; status: PresenceStatus; rooms: string[] } | null {
+  try {
+    const t = JSON.parse(payload) as Record<string, unknown>;
+    if (typeof t.user_id !== "string" || (t.status !== "online" && t.status !== "offline")) return null;
+    const rooms = Array.isArray(t.rooms) ? t.rooms.filter((r): r is string => typeof r === "string") : [];
+    return { user_id: t.user_id, status: t.status, rooms };
+  } catch {
+    return null;
+  }
+}
+
+function parseRoomPresence(payload: string): RoomPresenceEvent | null {
+  try {
+    const e = JSON.parse(payload) as RoomPresenceEvent;
+    if (e?.type !== "room.presence" || typeof e.room_slug !== "string") return null;
+    if (!isCount(e.online_count) || !isCount(e.typing_count) || !isCount(e.version) || !isCount(e.connected_count)) return null;
+    if (!Array.isArray(e.typing_users) || !e.typing_users.every((u) => typeof u === "string")) return null;
+    return e;
+  } catch {
+    return null;
+  }
 }

@@ -1,7 +1,8 @@
 /**
  * Presence socket `/ws/city/presence` (seed 000 §5.2, seed 003 §6; SPEC "WebSockets").
  *
- * - Needs a token (`?token=` or `Authorization`).
+ * - Needs a token (`?token=` or `Authorization`); `auth.refresh` replaces it before it expires
+ *   (else the socket is closed with 4001).
  * - In: `{event:"presence.heartbeat", user_id}` every ~20 s; `user_id` must be the token's subject
  *   (otherwise an `error` frame `user_mismatch`, and the heartbeat is ignored).
  * - Out: `{type:"snapshot", rooms:[…]}` first, then `{type:"room.presence", …}` on count changes
@@ -11,10 +12,9 @@
 import type { ServerWebSocket } from "bun";
 import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
-import type { Hub } from "../../engine/hub.ts";
-import type { PresenceManager } from "../../engine/presence/presence.ts";
+import type { PresenceTracker } from "../../engine/presence/presence.ts";
 import { encodeError, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC } from "../../engine/protocol.ts";
-import { readFrame, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { readFrame, refreshSocketToken, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { Logger } from "../../log.ts";
 import type { PresenceService } from "./service.ts";
 
@@ -29,8 +29,7 @@ export interface PresenceSocketData extends SocketData {
 
 export interface PresenceSocketOptions {
   service: PresenceService;
-  presence: PresenceManager;
-  hub: Hub;
+  presence: PresenceTracker;
   verifier: TokenVerifier;
   log: Logger;
   maxFrameBytes: number;
@@ -49,10 +48,9 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       if (!principal) throw new AppError("unauthorized", "the presence socket needs a token (?token=… or Authorization)");
       const events = url.searchParams.get("events") ?? "all";
       if (events !== "all" && events !== "counts") throw new AppError("validation_failed", "events must be all (default) or counts");
-      return { route: "presence", userId: principal.userId, updates: events === "all" };
+      return { route: "presence", userId: principal.userId, expiresAt: principal.expiresAt, updates: events === "all" };
     },
     open(ws) {
-      o.hub.track(ws);
       o.service.prepareSnapshot().then(
         (build) => {
           if (ws.readyState !== 1) return;
@@ -75,8 +73,9 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
     message(ws, raw) {
       const frame = readFrame(ws, raw, o.maxFrameBytes);
       if (!frame) return;
+      if (frame.event === "auth.refresh") return void refreshSocketToken(ws, frame, o.verifier);
       if (frame.event !== "presence.heartbeat") {
-        return sendError(ws, "unknown_event", `unknown event "${frame.event}"; expected presence.heartbeat`);
+        return sendError(ws, "unknown_event", `unknown event "${frame.event}"; expected presence.heartbeat or auth.refresh`);
       }
       if (frame.user_id !== undefined && frame.user_id !== ws.data.userId) {
         return sendError(ws, "user_mismatch", `this socket speaks for ${ws.data.userId}; heartbeat for ${String(frame.user_id)} ignored`);
@@ -85,7 +84,6 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
     },
     close(ws) {
       if (ws.data.counted) o.service.audienceChanged(-1);
-      o.hub.untrack(ws);
     },
   };
 }

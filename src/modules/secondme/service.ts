@@ -7,11 +7,13 @@
  * stored with its tokens and latency and the prompt marked `answered`. On any failure the prompt
  * is marked `unanswered` with the error code and no assistant message is stored. One user's
  * invokes run one after another (on this instance), so each reply follows its prompt in the
- * history and sees the exchange before it.
+ * history and sees the exchange before it: on this instance, and with Redis on every instance (a
+ * per-user lease).
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
-import type { RateLimiter } from "../../engine/ratelimit.ts";
+import type { Limit } from "../../engine/ratelimit.ts";
+import { LocalSerialQueue, type SerialQueue } from "../../engine/serial.ts";
 import { IdGenerator, idTime } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
 import type { SecondmeMessage, SecondmeStatus, Store } from "../../storage/store.ts";
@@ -43,7 +45,10 @@ export interface SecondMeServiceOptions {
   agents: AgentsClient | null;
   agentId: string;
   contextMessages: number;
-  limiter: RateLimiter;
+  /** Invokes per user (SECONDME_RATE_PER_MINUTE), shared by every instance with Redis. */
+  limit: Limit;
+  /** One invoke at a time per user (default: this instance only). */
+  serial?: SerialQueue;
   clock: Clock;
   log: Logger;
   ids?: IdGenerator;
@@ -60,11 +65,11 @@ export function buildInput(context: SecondmeMessage[], prompt: string): string {
 
 export class SecondMeService {
   private readonly ids: IdGenerator;
-  /** Per user, the tail of their invoke queue. */
-  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly serial: SerialQueue;
 
   constructor(private readonly o: SecondMeServiceOptions) {
     this.ids = o.ids ?? new IdGenerator();
+    this.serial = o.serial ?? new LocalSerialQueue();
   }
 
   /**
@@ -74,17 +79,11 @@ export class SecondMeService {
    *   `agents_core_unreachable`, `agents_core_timeout`, `agents_core_error`, `bad_agent_reply`
    *   (the prompt is stored as unanswered)
    */
-  invoke(userId: string, prompt: unknown): Promise<{ reply: string; history: HistoryEntry[] }> {
+  async invoke(userId: string, prompt: unknown): Promise<{ reply: string; history: HistoryEntry[] }> {
     const text = validatePrompt(prompt);
-    const wait = this.o.limiter.take(userId);
-    if (wait > 0) return Promise.reject(new AppError("rate_limited", `too many Second Me requests; retry in ${wait} s`, wait));
-    const prev = this.queues.get(userId) ?? Promise.resolve();
-    const run = prev.catch(() => {}).then(() => this.invokeNow(userId, text));
-    this.queues.set(userId, run);
-    void run.catch(() => {}).finally(() => {
-      if (this.queues.get(userId) === run) this.queues.delete(userId);
-    });
-    return run;
+    const wait = await this.o.limit.take(userId);
+    if (wait > 0) throw new AppError("rate_limited", `too many Second Me requests; retry in ${wait} s`, wait);
+    return this.serial.run(userId, () => this.invokeNow(userId, text));
   }
 
   /** The user's last `limit` messages, oldest first (seed 000 §6.2 `GET /secondme/history`). */

@@ -1,0 +1,281 @@
+/**
+ * startCity(config): the composition root. It builds the engines the configuration names (each
+ * chosen once, here), the services and the server, in dependency order, recording each part in
+ * one {@link Lifecycle}; `stop()` undoes them in reverse, each under a deadline. `main.ts` runs it
+ * for `serve`; tests run several in one process on port 0.
+ */
+import path from "node:path";
+import type { Server } from "bun";
+import { createClient } from "redis";
+import { createApp, type App } from "./app.ts";
+import { resolveSecret, TokenVerifier } from "./auth/tokens.ts";
+import { systemClock, systemScheduler, type Clock, type Scheduler } from "./clock.ts";
+import type { Config } from "./config.ts";
+import type { Broker } from "./engine/broker/broker.ts";
+import { MemoryBroker } from "./engine/broker/memory.ts";
+import { NatsBroker } from "./engine/broker/nats.ts";
+import { CLOSE } from "./engine/errors.ts";
+import { Hub } from "./engine/hub.ts";
+import { MemoryPresenceManager } from "./engine/presence/memory.ts";
+import { PresenceTracker, type PresenceManager } from "./engine/presence/presence.ts";
+import { RedisPresenceManager } from "./engine/presence/redis.ts";
+import { createLimit, type RedisClient } from "./engine/ratelimit.ts";
+import { LocalSerialQueue, RedisSerialQueue } from "./engine/serial.ts";
+import type { SocketData, SocketRoute } from "./engine/sockets.ts";
+import { RoomStreams } from "./engine/streams.ts";
+import { Lifecycle, type StepReport } from "./lifecycle.ts";
+import type { Logger } from "./log.ts";
+import { CityService } from "./modules/city/service.ts";
+import { roomSocketRoute } from "./modules/city/socket.ts";
+import type { ReadinessReport } from "./modules/ops/index.ts";
+import { PresenceService } from "./modules/presence/service.ts";
+import { presenceSocketRoute } from "./modules/presence/socket.ts";
+import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./modules/secondme/agents.ts";
+import { SecondMeService } from "./modules/secondme/service.ts";
+import { createMetrics } from "./plugins/metrics.ts";
+import { serveCity } from "./server.ts";
+import { PostgresStore } from "./storage/postgres.ts";
+import { SqliteStore } from "./storage/sqlite.ts";
+import type { Store } from "./storage/store.ts";
+import pkg from "../package.json" with { type: "json" };
+
+export const VERSION: string = pkg.version;
+
+export interface StartOptions {
+  log: Logger;
+  clock?: Clock;
+  scheduler?: Scheduler;
+  /** Use this broker instead of the configured one (tests link instances with a MemoryNetwork). */
+  broker?: Broker;
+  /** Listen port; overrides `config.port` (0 picks a free one). */
+  port?: number;
+}
+
+export interface CityInstance {
+  /** `http://host:port` the server listens on. */
+  readonly url: string;
+  readonly port: number;
+  readonly server: Server<SocketData>;
+  readonly app: App;
+  readonly store: Store;
+  readonly broker: Broker;
+  readonly hub: Hub;
+  readonly streams: RoomStreams;
+  readonly city: CityService;
+  readonly presence: PresenceTracker;
+  /** Names of the lifecycle steps in start order (they stop in reverse). */
+  readonly steps: string[];
+  /** True from the moment a stop begins (`/readyz` answers 503 from then on). */
+  isStopping(): boolean;
+  /**
+   * Graceful stop, SPEC/ARCHITECTURE "Lifecycle": not ready, drain delay, stop listening, drain
+   * writes, close sockets with 1001, close services and engines; everything within
+   * SHUTDOWN_TIMEOUT_MS. Resolves `true` when every step finished in its budget.
+   */
+  stop(): Promise<boolean>;
+  /** The last stop's per-step report (empty before a stop). */
+  stopReport(): StepReport[];
+}
+
+/** The store the configuration names: PostgreSQL with DATABASE_URL, else SQLite in DATA_DIR. */
+export function openStore(config: Config): Store {
+  return config.databaseUrl
+    ? new PostgresStore({ url: config.databaseUrl, poolMax: config.databasePoolMax })
+    : new SqliteStore({ file: path.join(config.dataDir, "city.sqlite"), synchronous: config.sqliteSynchronous });
+}
+
+/** The presence manager the configuration names: Redis with REDIS_URL, else in-process. */
+export function openPresenceManager(config: Config, log: Logger): PresenceManager {
+  const ttlMs = config.presenceTtlSeconds * 1000;
+  const typingTtlMs = config.typingTtlSeconds * 1000;
+  return config.redisUrl
+    ? new RedisPresenceManager({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, ttlMs, typingTtlMs, log })
+    : new MemoryPresenceManager({ ttlMs, typingTtlMs });
+}
+
+/** Resolves to `p`'s value, or rejects with `what` timed out after `ms`. */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    p,
+    new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms))),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Starts one city instance.
+ * @throws Error naming the engine when one cannot be reached or migrated; whatever was started is stopped
+ */
+export async function startCity(config: Config, opts: StartOptions): Promise<CityInstance> {
+  const { log } = opts;
+  const clock = opts.clock ?? systemClock;
+  const scheduler = opts.scheduler ?? systemScheduler;
+  const life = new Lifecycle(log);
+  try {
+    const store = openStore(config);
+    life.add({ name: "store", stop: () => store.close(), timeoutMs: 3000 });
+    const applied = await store.migrate();
+    if (applied.length) log.info("store: migrations applied", { engine: store.engine, versions: applied });
+
+    const secret = resolveSecret(config.jwtSecret, config.dataDir);
+    if (secret.generated) log.info("auth: generated a JWT secret", { file: secret.file });
+    const verifier = await TokenVerifier.create({
+      secret: secret.secret, publicKeyPem: config.jwtPublicKey, issuer: config.jwtIssuer, audience: config.jwtAudience, clock,
+      maxTtlSeconds: config.jwtMaxTtlSeconds,
+    });
+
+    const broker: Broker =
+      opts.broker ??
+      (config.natsUrl
+        ? new NatsBroker({ url: config.natsUrl, subjectPrefix: config.natsSubjectPrefix, log, busWorker: config.natsBusWorker })
+        : new MemoryBroker());
+    await broker.start();
+    life.add({ name: "broker", stop: () => broker.close(), timeoutMs: 2000 });
+
+    // Shared per-user limits and Second Me's per-user order (Redis), when there is a Redis.
+    let redis: RedisClient | null = null;
+    if (config.redisUrl) {
+      const client = createClient({
+        url: config.redisUrl, disableOfflineQueue: true,
+        socket: { connectTimeout: 3000, reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, 1000) },
+      });
+      client.on("error", () => {}); // the presence manager logs Redis trouble; this client falls back quietly
+      await Promise.race([client.connect().catch(() => {}), Bun.sleep(3000)]);
+      redis = client as unknown as RedisClient;
+      life.add({ name: "redis (limits)", stop: () => (client.isOpen ? client.close().catch(() => client.destroy()) : undefined), timeoutMs: 1000 });
+    }
+
+    const hub = new Hub({ log, maxBufferedBytes: config.wsMaxBufferedBytes, clock, scheduler });
+    const presence = new PresenceTracker({
+      manager: openPresenceManager(config, log), clock, scheduler, log, ttlMs: config.presenceTtlSeconds * 1000,
+      flushMs: config.presenceFlushMs, sweepMs: config.presenceSweepMs, batching: config.presenceBatching,
+    });
+    await presence.start();
+    life.add({ name: "presence", stop: () => presence.close(), timeoutMs: 2000 });
+
+    const metrics = createMetrics({ hub, presence });
+    const writeLimit = createLimit({
+      name: "writes", ratePerSecond: config.writeRatePerSecond, burst: config.writeBurst, redis: redis && { client: redis, keyPrefix: config.redisKeyPrefix },
+    });
+    // Streams need the city's history, the city needs streams: the history is read through `city`.
+    let city: CityService | null = null;
+    const streams = new RoomStreams({
+      broker, hub, log, scheduler, gapGraceMs: config.roomGapGraceMs, positionIntervalMs: config.roomPositionCheckMs,
+      history: { lastSeqs: (ids) => city!.history.lastSeqs(ids), read: (id, q) => city!.history.read(id, q) },
+    });
+    city = new CityService({
+      store, streams, broker, writeLimit, clock, log, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
+      occupancy: { count: (roomId) => presence.roomCount(roomId), holders: (roomId) => presence.roomHolders(roomId) },
+      onRoomCreated: () => presenceService.roomsChanged(), onPublished: (n) => metrics.messages.inc(n),
+    });
+    streams.start();
+    life.add({ name: "room streams", stop: () => streams.close() });
+    const presenceService = new PresenceService({
+      presence, hub, streams, broker, store, clock, scheduler, log, throttleMs: config.roomPresenceThrottleMs,
+      membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers, updatesMaxAudience: config.presenceUpdatesMaxAudience,
+      resyncMs: config.presenceResyncMs,
+    });
+    presenceService.start();
+    life.add({ name: "presence service", stop: () => presenceService.close() });
+
+    const agents =
+      config.agentsTransport === "off"
+        ? null
+        : new AgentsClient(
+            config.agentsTransport === "http" ? new HttpAgentsTransport(config.agentsServiceUrl!) : new NatsAgentsTransport(broker, config.agentsInvokeSubject),
+            config.secondmeTimeoutMs,
+            log,
+          );
+    const secondme = new SecondMeService({
+      store, agents, agentId: config.secondmeAgentId, contextMessages: config.secondmeContextMessages, clock, log,
+      limit: createLimit({
+        name: "secondme", ratePerSecond: config.secondmeRatePerMinute / 60, burst: Math.max(1, config.secondmeRatePerMinute),
+        redis: redis && { client: redis, keyPrefix: config.redisKeyPrefix },
+      }),
+      serial: redis
+        ? new RedisSerialQueue({
+            client: redis, keyPrefix: `${config.redisKeyPrefix}lock:secondme:`, leaseMs: config.secondmeTimeoutMs + 10_000, waitMs: config.secondmeTimeoutMs * 2,
+          })
+        : new LocalSerialQueue(),
+    });
+    const created = await city.ensureDefaultRooms(config.defaultRooms);
+    if (created.length) log.info("city: default rooms created", { slugs: created });
+    presenceService.roomsChanged();
+
+    let stopping = false;
+    const readiness = async (): Promise<ReadinessReport> => {
+      const engines: ReadinessReport["engines"] = {};
+      try {
+        await within(store.ping(), 1000, "store");
+        engines.store = { engine: store.engine, state: "up" };
+      } catch (err) {
+        engines.store = { engine: store.engine, state: "down", detail: (err as Error).message };
+      }
+      engines.broker = { engine: broker.engine, state: broker.state() };
+      engines.presence = { engine: presence.engine, state: presence.state() };
+      const degraded = broker.state() !== "up" || presence.state() !== "up";
+      const status = stopping || engines.store.state === "down" ? "not_ready" : degraded ? "degraded" : "ready";
+      return { status, engines };
+    };
+
+    const app = createApp({ city, secondme, verifier, readiness, log, version: VERSION, metrics });
+    const routes = [
+      roomSocketRoute({
+        city, streams, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
+        membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
+      }),
+      presenceSocketRoute({ service: presenceService, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes }),
+    ] as unknown as SocketRoute<SocketData>[];
+    const server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping });
+    hub.attach(server as Server<unknown>);
+    hub.start();
+    life.add({ name: "hub", stop: () => hub.close() });
+    // The stop order, read bottom-up: not ready → drain delay → listener → writes → sockets.
+    let inFlight: Promise<void> = Promise.resolve();
+    life.add({
+      name: "sockets and in-flight requests",
+      stop: async () => {
+        hub.closeAll(CLOSE.goingAway, "server shutting down; reconnect (to another instance)");
+        await inFlight;
+      },
+      timeoutMs: 3000,
+    });
+    life.add({ name: "queued writes", stop: () => city!.writer.drain(), timeoutMs: 3000 });
+    life.add({
+      name: "listener",
+      stop: () => {
+        inFlight = server.stop(false); // no new connections; open ones carry on
+      },
+    });
+    life.add({
+      name: "readiness",
+      stop: async () => {
+        stopping = true;
+        if (config.shutdownDrainDelayMs > 0) await Bun.sleep(config.shutdownDrainDelayMs);
+      },
+      timeoutMs: config.shutdownDrainDelayMs + 100,
+    });
+
+    let report: StepReport[] = [];
+    const stop = async (): Promise<boolean> => {
+      stopping = true;
+      report = await life.stop(config.shutdownTimeoutMs);
+      // Whatever is still open after the budget (a request that never ends) is cut now.
+      void server.stop(true);
+      return report.every((r) => r.outcome === "ok");
+    };
+
+    return {
+      url: `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`,
+      port: server.port!,
+      server, app, store, broker, hub, streams, city, presence,
+      steps: life.names(),
+      isStopping: () => stopping,
+      stop,
+      stopReport: () => report,
+    };
+  } catch (err) {
+    await life.stop(config.shutdownTimeoutMs);
+    throw err;
+  }
+}
