@@ -51,14 +51,17 @@ export class Lifecycle {
   private async run(budgetMs: number): Promise<StepReport[]> {
     const deadline = performance.now() + budgetMs;
     const reports: StepReport[] = [];
-    for (const step of [...this.steps].reverse()) {
+    const order = [...this.steps].reverse();
+    for (const [i, step] of order.entries()) {
       const left = deadline - performance.now();
       if (left <= 0) {
         reports.push({ name: step.name, ms: 0, outcome: "skipped" });
         continue;
       }
+      // A hang never eats the later steps' share: each keeps up to 200 ms of the budget.
+      const reserve = order.slice(i + 1).reduce((sum, s) => sum + Math.min(200, s.timeoutMs ?? 2000), 0);
       const t0 = performance.now();
-      const budget = Math.min(left, step.timeoutMs ?? 2000);
+      const budget = Math.max(Math.min(50, left), Math.min(left - reserve, step.timeoutMs ?? 2000));
       let timer: ReturnType<typeof setTimeout> | undefined;
       let outcome: StepReport["outcome"];
       try {

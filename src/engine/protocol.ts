@@ -88,6 +88,11 @@ export function encodeRoomPresenceCounts(c: RoomPresenceCounts): string {
   return JSON.stringify({ type: "room.presence", room_slug: c.room_slug, online_count: c.online_count, typing_count: c.typing_count });
 }
 
+/** `{ "event": "auth.refreshed", "expires_at" }`: the answer to an accepted `auth.refresh`. */
+export function encodeAuthRefreshed(expiresAtMs: number): string {
+  return JSON.stringify({ event: "auth.refreshed", expires_at: new Date(expiresAtMs).toISOString() });
+}
+
 /** `{ "event": "error", "code", "message" }` (SPEC "WebSockets"). */
 export function encodeError(code: ErrorCode, message: string): string {
   return JSON.stringify({ event: "error", code, message });

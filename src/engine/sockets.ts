@@ -7,7 +7,7 @@
 import type { ServerWebSocket } from "bun";
 import type { TokenVerifier } from "../auth/tokens.ts";
 import { AppError, CLOSE } from "./errors.ts";
-import { decodeFrame, encodeError, type ClientFrame } from "./protocol.ts";
+import { decodeFrame, encodeAuthRefreshed, encodeError, type ClientFrame } from "./protocol.ts";
 
 /** Data every socket carries: which route owns it, and who it speaks for until when. */
 export interface SocketData {
@@ -67,7 +67,8 @@ export function readFrame(ws: ServerWebSocket<unknown>, raw: string | Buffer, ma
 
 /**
  * `{event:"auth.refresh", token}` (SPEC "WebSockets"): replaces the socket's token so it outlives
- * the old one's `exp`. The new token must name the same user; a refused token gets an `error`
+ * the old one's `exp`, answered by `{event:"auth.refreshed", expires_at}` (ISO time the new token
+ * stops being honoured). The new token must name the same user; a refused token gets an `error`
  * frame and changes nothing. An anonymous socket cannot become a user's this way (reconnect).
  * @returns a promise that settles once the frame is answered (errors go to the socket, never thrown)
  */
@@ -79,6 +80,7 @@ export async function refreshSocketToken(ws: ServerWebSocket<SocketData>, frame:
     const p = await verifier.verify(frame.token);
     if (p.userId !== d.userId) throw new AppError("unauthorized", `the new token is for ${p.userId}; this socket speaks for ${d.userId}`);
     d.expiresAt = p.expiresAt;
+    if (ws.readyState === 1) ws.send(encodeAuthRefreshed(p.expiresAt));
   } catch (err) {
     if (ws.readyState !== 1) return;
     if (err instanceof AppError) ws.send(encodeError(err.code, err.message));

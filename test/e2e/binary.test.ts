@@ -7,80 +7,21 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import type { Subprocess } from "bun";
+import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { createTestDatabase, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
 import { TestSocket } from "../helpers/city.ts";
 
-const root = path.join(import.meta.dir, "../..");
 const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-"));
-const binary = path.join(work, "daarion-city");
+let binary = "";
 
-beforeAll(async () => {
-  // The package's own build command, with the output redirected here.
-  const script: string = (await Bun.file(path.join(root, "package.json")).json()).scripts.build;
-  const args = script.split(/\s+/);
-  args[args.indexOf("--outfile") + 1] = binary;
-  const build = Bun.spawnSync(args, { cwd: root, stderr: "pipe", stdout: "pipe" });
-  if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr.toString()}`);
+beforeAll(() => {
+  binary = compiledBinary();
 }, 120_000);
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
-interface Running {
-  proc: Subprocess<"ignore", "pipe", "pipe">;
-  url: string;
-  lines: string[];
-}
-
-/** Starts the binary with `env` in a fresh working directory and waits for its "listening" line. */
-async function start(env: Record<string, string>): Promise<Running> {
-  const cwd = mkdtempSync(path.join(work, "cwd-"));
-  const proc = Bun.spawn([binary, "serve"], {
-    cwd,
-    env: { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ...env },
-    stdin: "ignore",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const lines: string[] = [];
-  const reader = proc.stdout.getReader();
-  const decoder = new TextDecoder();
-  let buf = "";
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    if (Date.now() > deadline) throw new Error(`binary did not start: ${lines.join("\n")}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`binary exited: ${lines.join("\n")} ${await new Response(proc.stderr).text()}`);
-    buf += decoder.decode(value);
-    const parts = buf.split("\n");
-    buf = parts.pop()!;
-    lines.push(...parts);
-    const listening = parts.map((l) => JSON.parse(l)).find((l) => l.msg === "city: listening");
-    if (listening) {
-      void (async () => {
-        for (;;) {
-          const r = await reader.read();
-          if (r.done) break;
-          lines.push(...decoder.decode(r.value).split("\n").filter(Boolean));
-        }
-      })();
-      return { proc, url: listening.url, lines };
-    }
-  }
-}
-
-/** SIGTERM and the exit code, with how long the stop took. */
-async function stop(r: Running): Promise<{ code: number | null; ms: number }> {
-  const t0 = Date.now();
-  r.proc.kill("SIGTERM");
-  const code = await r.proc.exited;
-  return { code, ms: Date.now() - t0 };
-}
-
-function token(env: Record<string, string>, user: string): string {
-  const out = Bun.spawnSync([binary, "token", user], { env: { PATH: process.env.PATH ?? "", ...env }, stdout: "pipe", stderr: "pipe" });
-  if (out.exitCode !== 0) throw new Error(out.stderr.toString());
-  return out.stdout.toString().trim();
-}
+const start = (env: Record<string, string>) => startBinary(env, work);
+const stop = (r: RunningBinary) => stopBinary(r);
+const token = binaryToken;
 
 const pg = engineUrl("DATABASE_URL", "compiled binary on postgres");
 const variants: { name: string; env: () => Promise<{ env: Record<string, string>; drop: () => Promise<void> }> }[] = [

@@ -1,9 +1,10 @@
 /**
  * Start, restart and stop on the embedded default: data survives a restart, default rooms are
- * not seeded twice, and stop() finishes acknowledged writes and closes sockets with 1001.
+ * not seeded twice, and stop() runs the lifecycle's steps in order (not ready, drain delay,
+ * listener, writes, sockets, services, engines), each under a deadline.
  */
 import { describe, expect, test } from "bun:test";
-import { startTestCity, testConfig, TestSocket } from "../helpers/city.ts";
+import { refusedUpgrade, startTestCity, testConfig, TestSocket } from "../helpers/city.ts";
 
 describe("lifecycle (embedded default)", () => {
   test("messages survive a restart and default rooms are seeded once", async () => {
@@ -45,6 +46,57 @@ describe("lifecycle (embedded default)", () => {
       await store.close();
       for (const id of acked) expect(stored).toContain(id);
       await expect(TestSocket.open(city.wsUrl("/ws/city/rooms/room_city_general"))).rejects.toThrow();
+    } finally {
+      await city.dispose();
+    }
+  });
+});
+
+describe("lifecycle: the stop, step by step", () => {
+  test("not ready first: during the drain delay /readyz is 503 and upgrades get shutting_down, while open sockets and requests carry on", async () => {
+    const city = await startTestCity({ CITY_WRITE_RATE_PER_SECOND: "0", SHUTDOWN_DRAIN_DELAY_MS: "400" });
+    try {
+      const token = await city.token("u_alice");
+      const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general`));
+      const stopping = city.stop();
+      expect(city.isStopping()).toBe(true);
+      const ready = await city.http("/readyz");
+      expect(ready.status).toBe(503);
+      expect(((await ready.json()) as any).status).toBe("not_ready");
+      expect(await refusedUpgrade(city.wsUrl("/ws/city/rooms/room_city_general").replace("ws", "http"))).toMatchObject({
+        status: 503, body: { error: { code: "shutting_down" } },
+      });
+      // still listening and serving: a message posted now reaches the open socket
+      const res = await city.http("/city/rooms/room_city_general/messages", { method: "POST", token, json: { body: "during the drain" } });
+      expect(res.status).toBe(201);
+      await s.next((f) => f.event === "room.message" && f.message.body === "during the drain");
+      expect(await stopping).toBe(true);
+      expect((await s.waitClosed()).code).toBe(1001);
+      const order = city.stopReport().map((r) => r.name);
+      expect(order.slice(0, 4)).toEqual(["readiness", "listener", "queued writes", "sockets and in-flight requests"]);
+      expect(order.slice(-2)).toEqual(["broker", "store"]);
+      expect(city.stopReport().every((r) => r.outcome === "ok")).toBe(true);
+    } finally {
+      await city.dispose();
+    }
+  });
+
+  test("a request that never ends costs its step's budget, and the whole stop stays within SHUTDOWN_TIMEOUT_MS", async () => {
+    const city = await startTestCity({ SHUTDOWN_TIMEOUT_MS: "1200" });
+    try {
+      // A raw request whose body never finishes: the server waits for it.
+      const tcp = await Bun.connect({ hostname: "127.0.0.1", port: city.port, socket: { data() {} } });
+      tcp.write("POST /city/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na");
+      await Bun.sleep(50);
+      const t0 = performance.now();
+      expect(await city.stop()).toBe(false);
+      const ms = performance.now() - t0;
+      expect(ms).toBeLessThan(1200 + 300);
+      const report = city.stopReport();
+      expect(report.find((r) => r.name === "sockets and in-flight requests")!.outcome).toBe("timed_out");
+      // the hang did not eat the later steps' share: the engines were still closed
+      expect(report.slice(-2)).toMatchObject([{ name: "broker", outcome: "ok" }, { name: "store", outcome: "ok" }]);
+      tcp.end();
     } finally {
       await city.dispose();
     }

@@ -75,3 +75,78 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
     }
   });
 });
+
+describe.skipIf(!redis)("two instances on one Redis: counts at the write, one budget per user", () => {
+  const prefix = `t_${randomSuffix()}:`;
+  const natsPrefix = `t_${randomSuffix()}`;
+  // A sweep far away: whatever arrives quickly was sent by the write that caused it.
+  const env = {
+    REDIS_URL: redis!, REDIS_KEY_PREFIX: prefix, PRESENCE_SWEEP_MS: "10000", PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: "0",
+    CITY_WRITE_RATE_PER_SECOND: "1", CITY_WRITE_BURST: "3", ...(nats ? { NATS_URL: nats, NATS_SUBJECT_PREFIX: natsPrefix } : {}),
+  };
+  let a: TestCity;
+  let b: TestCity;
+  const sockets: TestSocket[] = [];
+  const track = (s: TestSocket) => (sockets.push(s), s);
+
+  beforeAll(async () => {
+    const network = new MemoryNetwork();
+    a = await startTestCity(env, nats ? {} : { broker: new MemoryBroker(network) });
+    b = await startTestCity({}, { config: a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
+  });
+  afterAll(async () => {
+    for (const s of sockets) s.close();
+    await a.dispose();
+    await b.dispose();
+    await deleteRedisKeys(redis!, prefix);
+  });
+
+  test("a count change on one instance reaches the other's presence sockets at once, not at the next sweep", async () => {
+    const observer = track(await heartbeating(a, "u_count_obs"));
+    const user = track(await heartbeating(b, "u_count_user"));
+    await user.next((f) => f.type === "snapshot");
+    const t0 = Date.now();
+    track(await TestSocket.open(b.wsUrl(`/ws/city/rooms/room_city_energy?token=${await b.token("u_count_user")}`)));
+    const frame = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.online_count === 1, 2000);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(frame).toEqual({ type: "room.presence", room_slug: "energy", online_count: 1, typing_count: 0 });
+    expect(await membersOnline(a, "room_city_energy")).toBe(1);
+  });
+
+  test.skipIf(!nats)("city.presence.room.<slug> carries seed 003 §4.1's payload with a growing version", async () => {
+    const { connect } = await import("nats");
+    const nc = await connect({ servers: nats! });
+    const got: any[] = [];
+    const sub = nc.subscribe(`${natsPrefix}.city.presence.room.builders`, { callback: (_e, m) => got.push(m.json()) });
+    await nc.flush();
+    try {
+      const beat = track(await heartbeating(a, "u_nats_shape"));
+      await beat.next((f) => f.type === "snapshot");
+      track(await TestSocket.open(a.wsUrl(`/ws/city/rooms/room_city_builders?token=${await a.token("u_nats_shape")}`)));
+      const end = Date.now() + 3000;
+      while (!got.some((e) => e.online_count === 1) && Date.now() < end) await Bun.sleep(20);
+      const e = got.find((x) => x.online_count === 1);
+      expect(Object.keys(e).sort()).toEqual(
+        ["connected_count", "last_event_ts", "matrix_room_alias", "matrix_room_id", "online_count", "room_slug", "type", "typing_count", "typing_users", "version"].sort(),
+      );
+      expect(e).toMatchObject({ type: "room.presence", room_slug: "builders", matrix_room_id: null, matrix_room_alias: null, online_count: 1, typing_count: 0, typing_users: [] });
+      const versions = got.map((x) => x.version);
+      expect(versions).toEqual([...versions].sort((x, y) => x - y));
+    } finally {
+      sub.unsubscribe();
+      await nc.close();
+    }
+  });
+
+  test("a user's write budget is shared: writes spread over both instances stop at the burst", async () => {
+    const t = await a.token("u_budget");
+    const post = (c: TestCity) => c.http("/city/rooms/room_city_general/messages", { method: "POST", token: t, json: { body: "budget" } });
+    const statuses = [(await post(a)).status, (await post(b)).status, (await post(a)).status];
+    expect(statuses).toEqual([201, 201, 201]);
+    const over = await post(b);
+    expect(over.status).toBe(429);
+    expect(Number(over.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    // HTTP join/leave draw on the same budget
+    expect((await b.http("/city/rooms/room_city_general/join", { method: "POST", token: t })).status).toBe(429);
+  });
+});

@@ -277,7 +277,7 @@ for (const variant of variants) {
 
 describe("membership announcements in large rooms", () => {
   test("above ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online, socket joins and leaves are not broadcast", async () => {
-    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2", PRESENCE_SWEEP_MS: "100" });
+    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2", PRESENCE_SWEEP_MS: "100", CITY_WRITE_RATE_PER_SECOND: "0" });
     const opened: TestSocket[] = [];
     try {
       const room = "room_city_general";
@@ -291,12 +291,20 @@ describe("membership announcements in large rooms", () => {
       await join("u_a");
       await join("u_b");
       const c = await join("u_c");
-      await Bun.sleep(50);
+      await waitFor(async () => city.presence.roomHolders(room), (n) => n === 3);
+      // HTTP join above the cap: accepted, not announced
+      const res = await city.http(`/city/rooms/${room}/join`, { method: "POST", token: await city.token("u_http") });
+      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_http", announced: false });
+      // a sentinel message: everything announced before it has reached the watcher
+      await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: await city.token("u_a"), json: { body: "sentinel 1" } });
+      await watcher.next((f) => f.event === "room.message" && f.message.body === "sentinel 1");
       expect(watcher.frames.filter((f) => f.event === "room.join").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
       expect(watcher.frames.filter((f) => f.event === "room.presence").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
       c.close();
       await c.waitClosed();
-      await Bun.sleep(50);
+      await waitFor(async () => city.presence.roomHolders(room), (n) => n === 2);
+      await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: await city.token("u_a"), json: { body: "sentinel 2" } });
+      await watcher.next((f) => f.event === "room.message" && f.message.body === "sentinel 2");
       expect(watcher.frames.filter((f) => f.event === "room.leave")).toEqual([]);
       opened[2]!.close(); // u_b leaves a room of two: announced again
       expect(await watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_b" });

@@ -1,0 +1,118 @@
+/**
+ * The compiled executable for end-to-end tests: built once per source tree with the package's own
+ * `build` script (cached in the temp directory by a hash of src/, migrations/ and package.json, so
+ * several e2e files share one build), then started as real processes on port 0.
+ */
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import type { Subprocess } from "bun";
+
+const root = path.join(import.meta.dir, "../..");
+
+function sources(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const p = path.join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...sources(p));
+    else out.push(p);
+  }
+  return out.sort();
+}
+
+let built: string | null = null;
+
+/** Path of the compiled binary for the current sources (builds it when missing). */
+export function compiledBinary(): string {
+  if (built) return built;
+  const hasher = new Bun.CryptoHasher("sha256");
+  for (const f of [...sources(path.join(root, "src")), ...sources(path.join(root, "migrations")), path.join(root, "package.json")]) {
+    hasher.update(f.slice(root.length));
+    hasher.update(readFileSync(f));
+  }
+  const dir = path.join(tmpdir(), `dc-binary-${hasher.digest("hex").slice(0, 16)}`);
+  const binary = path.join(dir, "daarion-city");
+  if (!existsSync(binary)) {
+    mkdirSync(dir, { recursive: true });
+    const script: string = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8")).scripts.build;
+    const args = script.split(/\s+/);
+    const tmp = path.join(dir, `daarion-city.${process.pid}`);
+    args[args.indexOf("--outfile") + 1] = tmp;
+    const build = Bun.spawnSync(args, { cwd: root, stderr: "pipe", stdout: "pipe" });
+    if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr.toString()}`);
+    // Atomic: a concurrent run never starts a half-written file.
+    renameSync(tmp, binary);
+  }
+  built = binary;
+  return binary;
+}
+
+export interface RunningBinary {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  url: string;
+  wsUrl: string;
+  /** Every JSON log line so far (stdout and stderr). */
+  lines: string[];
+  env: Record<string, string>;
+}
+
+/** Starts the binary with `env` in a fresh working directory and waits for its "listening" line. */
+export async function startBinary(env: Record<string, string>, workDir = mkdtempSync(path.join(tmpdir(), "dc-bin-"))): Promise<RunningBinary> {
+  const binary = compiledBinary();
+  const cwd = mkdtempSync(path.join(workDir, "cwd-"));
+  const fullEnv = { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ...env };
+  const proc = Bun.spawn([binary, "serve"], { cwd, env: fullEnv, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const lines: string[] = [];
+  const pump = async (stream: ReadableStream<Uint8Array>, onLine: (l: string) => void) => {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of stream) {
+      buf += decoder.decode(chunk);
+      const parts = buf.split("\n");
+      buf = parts.pop()!;
+      for (const p of parts) if (p) onLine(p);
+    }
+  };
+  const listening = Promise.withResolvers<string>();
+  void pump(proc.stdout, (l) => {
+    lines.push(l);
+    try {
+      const j = JSON.parse(l);
+      if (j.msg === "city: listening") listening.resolve(j.url);
+    } catch {
+      /* not JSON */
+    }
+  });
+  void pump(proc.stderr, (l) => lines.push(l));
+  void proc.exited.then((code) => listening.reject(new Error(`binary exited with ${code} before listening:\n${lines.join("\n")}`)));
+  const timer = setTimeout(() => listening.reject(new Error(`binary did not start within 15 s:\n${lines.join("\n")}`)), 15_000);
+  try {
+    const url = await listening.promise;
+    return { proc, url, wsUrl: url.replace("http", "ws"), lines, env: fullEnv };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A bearer token from the binary's own `token` command (HS256 with the env's JWT_SECRET). */
+export function binaryToken(env: Record<string, string>, user: string): string {
+  const out = Bun.spawnSync([compiledBinary(), "token", user], { env: { PATH: process.env.PATH ?? "", ...env }, stdout: "pipe", stderr: "pipe" });
+  if (out.exitCode !== 0) throw new Error(out.stderr.toString());
+  return out.stdout.toString().trim();
+}
+
+/** SIGTERM and the exit code, with how long the stop took. */
+export async function stopBinary(r: RunningBinary, signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<{ code: number | null; ms: number }> {
+  const t0 = Date.now();
+  r.proc.kill(signal);
+  const code = await r.proc.exited;
+  return { code, ms: Date.now() - t0 };
+}
+
+/** A free TCP port on 127.0.0.1 (for a test's own engine servers). */
+export function freePort(): number {
+  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const port = s.port;
+  s.stop(true);
+  return port;
+}
