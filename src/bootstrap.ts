@@ -153,7 +153,6 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     await presence.start();
     life.add({ name: "presence", stop: () => presence.close(), timeoutMs: 2000 });
 
-    const metrics = createMetrics({ hub, presence });
     const writeLimit = createLimit({
       name: "writes", ratePerSecond: config.writeRatePerSecond, burst: config.writeBurst, redis: redis && { client: redis, keyPrefix: config.redisKeyPrefix },
     });
@@ -177,6 +176,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     });
     presenceService.start();
     life.add({ name: "presence service", stop: () => presenceService.close() });
+    const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats });
 
     const agents =
       config.agentsTransport === "off"
@@ -211,7 +211,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       } catch (err) {
         engines.store = { engine: store.engine, state: "down", detail: (err as Error).message };
       }
-      engines.broker = { engine: broker.engine, state: broker.state() };
+      engines.broker = { engine: broker.engine, state: broker.state(), ...(broker.detail ? { detail: broker.detail() } : {}) };
       engines.presence = { engine: presence.engine, state: presence.state() };
       const degraded = broker.state() !== "up" || presence.state() !== "up";
       const status = stopping || engines.store.state === "down" ? "not_ready" : degraded ? "degraded" : "ready";

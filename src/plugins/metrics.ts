@@ -4,8 +4,20 @@
  */
 import { Elysia } from "elysia";
 import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
+import type { Broker } from "../engine/broker/broker.ts";
 import type { Hub } from "../engine/hub.ts";
 import type { PresenceTracker } from "../engine/presence/presence.ts";
+import type { RoomStreams } from "../engine/streams.ts";
+
+/** What the metrics read; each is optional so a partial city (tests) can still expose some. */
+export interface MetricsSources {
+  hub: Hub;
+  presence: PresenceTracker;
+  streams?: RoomStreams;
+  broker?: Broker;
+  /** The presence service's counters. */
+  presenceEvents?: { countsPublished: number; countsApplied: number; badEvents: number };
+}
 
 export interface CityMetrics {
   readonly registry: Registry;
@@ -13,7 +25,7 @@ export interface CityMetrics {
   readonly messages: Counter;
 }
 
-export function createMetrics(deps: { hub: Hub; presence: PresenceTracker }): CityMetrics {
+export function createMetrics(deps: MetricsSources): CityMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "daarion_city_" });
   const gauge = (name: string, help: string, read: () => number) =>
@@ -36,6 +48,34 @@ export function createMetrics(deps: { hub: Hub; presence: PresenceTracker }): Ci
   mirror("daarion_city_presence_flush_failures_total", "Presence flushes that failed (backend unreachable)", () => deps.presence.stats.flushFailures);
   gauge("daarion_city_presence_pending", "Presence operations waiting for the next flush", () => deps.presence.pendingCount());
   gauge("daarion_city_presence_up", "1 when the presence backend answers", () => (deps.presence.state() === "up" ? 1 : 0));
+  mirror("daarion_city_sockets_closed_slow_total", "Sockets closed with 4008 (slow consumer)", () => deps.hub.stats.slowConsumersClosed);
+  mirror("daarion_city_sockets_closed_token_expired_total", "Sockets closed with 4001 (token expired without auth.refresh)", () => deps.hub.stats.tokensExpired);
+  const streams = deps.streams;
+  if (streams) {
+    gauge("daarion_city_room_streams", "Rooms this instance serves (has local sockets in, plus the linger)", () => streams.roomCount());
+    mirror("daarion_city_room_gap_fills_total", "Store reads that filled a gap in a room's seq", () => streams.stats.gapFills);
+    mirror("daarion_city_room_messages_filled_total", "Messages delivered from the store because the broker had not brought them", () => streams.stats.filledFromStore);
+    mirror("daarion_city_room_duplicates_dropped_total", "Publications dropped because their seq was already delivered", () => streams.stats.duplicatesDropped);
+    mirror("daarion_city_room_position_checks_total", "Position checks against the store (periodic and after broker outages)", () => streams.stats.positionChecks);
+    mirror("daarion_city_room_store_read_failures_total", "Failed store reads of the room streams (retried)", () => streams.stats.storeReadFailures);
+  }
+  const broker = deps.broker;
+  if (broker) {
+    gauge("daarion_city_broker_up", "1 while both broker links are up", () => (broker.state() === "up" ? 1 : 0));
+    const bus = (broker as { stats?: { batches: number; delivered: number; workerRestarts: number; handlerErrors: number } }).stats;
+    if (bus) {
+      mirror("daarion_city_bus_batches_total", "Batches the bus (worker) handed to the main thread", () => bus.batches);
+      mirror("daarion_city_bus_delivered_total", "Inbound NATS publications handed to handlers", () => bus.delivered);
+      mirror("daarion_city_bus_worker_restarts_total", "Bus workers replaced after dying or stalling", () => bus.workerRestarts);
+      mirror("daarion_city_bus_handler_errors_total", "Inbound publications whose handler threw", () => bus.handlerErrors);
+    }
+  }
+  const pe = deps.presenceEvents;
+  if (pe) {
+    mirror("daarion_city_presence_counts_published_total", "Room count changes this instance published (city.presence.room.<slug>)", () => pe.countsPublished);
+    mirror("daarion_city_presence_counts_applied_total", "Room count changes applied from other instances", () => pe.countsApplied);
+    mirror("daarion_city_broker_bad_events_total", "Malformed broker events ignored", () => pe.badEvents);
+  }
   const messages = new Counter({ name: "daarion_city_room_messages_total", help: "Room messages committed and published here", registers: [registry] });
   return { registry, messages };
 }

@@ -46,6 +46,8 @@ export interface Broker {
   onStatus(fn: (state: "up" | "down") => void): () => void;
   /** Ends subscriptions and the connection. Idempotent. */
   close(): Promise<void>;
+  /** One line for `/readyz` about how it is connected (e.g. where inbound subscriptions run). */
+  detail?(): string;
 }
 
 export interface SubscribeOptions {

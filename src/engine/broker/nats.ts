@@ -173,6 +173,13 @@ export class NatsBroker implements Broker {
     }
   }
 
+  detail(): string {
+    const where = this.inboundMode === "worker" ? "inbound in the bus worker" : "inbound on the main thread";
+    const restarts = this.stats.workerRestarts ? `, ${this.stats.workerRestarts} worker restart(s)` : "";
+    const links = `publish link ${this.connected ? "up" : "down"}, inbound link ${this.inboundUp ? "up" : "down"}`;
+    return `${where}; ${links}${restarts}`;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
