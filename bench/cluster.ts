@@ -16,13 +16,12 @@
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import postgres from "postgres";
 import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, ROOT } from "./servers.ts";
+import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT } from "./servers.ts";
 
 type Config = "one" | "three-worker" | "three-main";
 const CONFIGS: Config[] = ["one", "three-worker", "three-main"];
@@ -60,13 +59,7 @@ interface Instance {
 
 /** Starts `n` binaries on one fresh database, one Redis prefix and one NATS prefix. */
 async function startCity(n: number, extraEnv: Record<string, string>): Promise<{ instances: Instance[]; stop(): Promise<void> }> {
-  const base = process.env.DATABASE_URL!;
-  const dbName = `dc_bench_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = postgres(base, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database ${dbName}`);
-  await admin.end();
-  const u = new URL(base);
-  u.pathname = `/${dbName}`;
+  const db = await createBenchDatabase();
   const prefix = `bench_${Math.random().toString(36).slice(2, 8)}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "dc-bench-cluster-"));
   const instances: Instance[] = [];
@@ -74,7 +67,7 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
     const env: Record<string, string> = {
       PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", PORT: "0", HOST: "127.0.0.1", DATA_DIR: mkdtempSync(path.join(dir, "d-")),
       JWT_SECRET: BENCH_SECRET, LOG_LEVEL: "info", CITY_WRITE_RATE_PER_SECOND: "0", CITY_DEFAULT_ROOMS: "general",
-      DATABASE_URL: u.toString(), REDIS_URL: process.env.REDIS_URL!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: process.env.NATS_URL!, NATS_SUBJECT_PREFIX: prefix,
+      DATABASE_URL: db.url, REDIS_URL: process.env.REDIS_URL!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: process.env.NATS_URL!, NATS_SUBJECT_PREFIX: prefix,
       ...extraEnv,
     };
     const proc = Bun.spawn([path.join(ROOT, "dist/daarion-city"), "serve"], { env, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
@@ -94,9 +87,7 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
     instances,
     stop: async () => {
       await Promise.all(instances.map((i) => i.stop()));
-      const a = postgres(base, { max: 1, onnotice: () => {} });
-      await a.unsafe(`drop database if exists ${dbName} with (force)`);
-      await a.end();
+      await db.drop();
       rmSync(dir, { recursive: true, force: true });
     },
   };

@@ -56,19 +56,9 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       Object.assign(env, extraEnv);
       if (process.env.BENCH_PROJECT_ENV) Object.assign(env, JSON.parse(process.env.BENCH_PROJECT_ENV));
       if (name === "project-postgres") {
-        const base = process.env.DATABASE_URL!;
-        const db = `dc_bench_${Math.random().toString(36).slice(2, 8)}`;
-        const admin = postgres(base, { max: 1, onnotice: () => {} });
-        await admin.unsafe(`create database ${db}`);
-        await admin.end();
-        const u = new URL(base);
-        u.pathname = `/${db}`;
-        env.DATABASE_URL = u.toString();
-        cleanups.push(async () => {
-          const a = postgres(base, { max: 1, onnotice: () => {} });
-          await a.unsafe(`drop database if exists ${db} with (force)`);
-          await a.end();
-        });
+        const db = await createBenchDatabase();
+        env.DATABASE_URL = db.url;
+        cleanups.push(db.drop);
       }
       // BENCH_PROFILE=<dir>: run from source under Bun's CPU profiler (markdown profile in <dir> on exit).
       cmd = process.env.BENCH_PROFILE
@@ -118,6 +108,25 @@ async function readListening(stream: ReadableStream<Uint8Array>, name: string): 
     }
   }
   throw new Error(`${name} did not report listening: ${buf.slice(0, 500)}`);
+}
+
+/** A throwaway database next to DATABASE_URL's, for one measurement. */
+export async function createBenchDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
+  const base = process.env.DATABASE_URL!;
+  const name = `dc_bench_${Math.random().toString(36).slice(2, 8)}`;
+  const admin = postgres(base, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`create database ${name}`);
+  await admin.end();
+  const u = new URL(base);
+  u.pathname = `/${name}`;
+  return {
+    url: u.toString(),
+    drop: async () => {
+      const a = postgres(base, { max: 1, onnotice: () => {} });
+      await a.unsafe(`drop database if exists ${name} with (force)`);
+      await a.end();
+    },
+  };
 }
 
 const TICKS = 100; // USER_HZ on Linux

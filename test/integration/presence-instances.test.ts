@@ -10,27 +10,36 @@ import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type T
 const redis = engineUrl("REDIS_URL", "presence across instances");
 const nats = process.env.NATS_URL;
 
-describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${nats ? "nats" : "memory network"})`, () => {
+/**
+ * Two instances on one Redis (its own key prefix) and one broker (NATS with its own subject prefix
+ * when NATS_URL is set, else a memory network), started before and stopped after the suite.
+ */
+function pairOnRedis(extra: Record<string, string>) {
   const prefix = `t_${randomSuffix()}:`;
-  const env = {
-    REDIS_URL: redis!, REDIS_KEY_PREFIX: prefix, PRESENCE_TTL_SECONDS: "2", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5",
-    ...(nats ? { NATS_URL: nats, NATS_SUBJECT_PREFIX: `t_${randomSuffix()}` } : {}),
-  };
-  let a: TestCity;
-  let b: TestCity;
-  const sockets: TestSocket[] = [];
-  const track = (s: TestSocket) => (sockets.push(s), s);
-
+  const natsPrefix = `t_${randomSuffix()}`;
+  const env = { REDIS_URL: redis!, REDIS_KEY_PREFIX: prefix, ...extra, ...(nats ? { NATS_URL: nats, NATS_SUBJECT_PREFIX: natsPrefix } : {}) };
+  const p = { a: null as unknown as TestCity, b: null as unknown as TestCity, natsPrefix, sockets: [] as TestSocket[] };
   beforeAll(async () => {
     const network = new MemoryNetwork();
-    a = await startTestCity(env, nats ? {} : { broker: new MemoryBroker(network) });
-    b = await startTestCity({}, { config: a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
+    p.a = await startTestCity(env, nats ? {} : { broker: new MemoryBroker(network) });
+    p.b = await startTestCity({}, { config: p.a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
   });
   afterAll(async () => {
-    for (const s of sockets) s.close();
-    await a.dispose();
-    await b.dispose();
+    for (const s of p.sockets) s.close();
+    await p.a.dispose();
+    await p.b.dispose();
     await deleteRedisKeys(redis!, prefix);
+  });
+  return { ...p, get a() { return p.a; }, get b() { return p.b; }, track: (s: TestSocket) => (p.sockets.push(s), s) };
+}
+
+describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${nats ? "nats" : "memory network"})`, () => {
+  const pair = pairOnRedis({ PRESENCE_TTL_SECONDS: "2", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5" });
+  const track = pair.track;
+  let a: TestCity;
+  let b: TestCity;
+  beforeAll(() => {
+    ({ a, b } = pair);
   });
 
   test("a user heartbeating on both instances goes online once and offline once, as every observer sees it", async () => {
@@ -77,28 +86,15 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
 });
 
 describe.skipIf(!redis)("two instances on one Redis: counts at the write, one budget per user", () => {
-  const prefix = `t_${randomSuffix()}:`;
-  const natsPrefix = `t_${randomSuffix()}`;
   // A sweep far away: whatever arrives quickly was sent by the write that caused it.
-  const env = {
-    REDIS_URL: redis!, REDIS_KEY_PREFIX: prefix, PRESENCE_SWEEP_MS: "10000", PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: "0",
-    CITY_WRITE_RATE_PER_SECOND: "1", CITY_WRITE_BURST: "3", ...(nats ? { NATS_URL: nats, NATS_SUBJECT_PREFIX: natsPrefix } : {}),
-  };
+  const pair = pairOnRedis({
+    PRESENCE_SWEEP_MS: "10000", PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: "0", CITY_WRITE_RATE_PER_SECOND: "1", CITY_WRITE_BURST: "3",
+  });
+  const { natsPrefix, track } = pair;
   let a: TestCity;
   let b: TestCity;
-  const sockets: TestSocket[] = [];
-  const track = (s: TestSocket) => (sockets.push(s), s);
-
-  beforeAll(async () => {
-    const network = new MemoryNetwork();
-    a = await startTestCity(env, nats ? {} : { broker: new MemoryBroker(network) });
-    b = await startTestCity({}, { config: a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
-  });
-  afterAll(async () => {
-    for (const s of sockets) s.close();
-    await a.dispose();
-    await b.dispose();
-    await deleteRedisKeys(redis!, prefix);
+  beforeAll(() => {
+    ({ a, b } = pair);
   });
 
   test("a count change on one instance reaches the other's presence sockets at once, not at the next sweep", async () => {

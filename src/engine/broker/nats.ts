@@ -32,6 +32,8 @@ export interface NatsBrokerOptions {
   busWorker?: boolean;
   /** Most publications the bus holds for this thread before it drops and reports an overflow. */
   maxBusQueue?: number;
+  /** A bus worker silent this long (it beats every second) is replaced, ms. Default 5000. */
+  beatTimeoutMs?: number;
 }
 
 /**
@@ -53,6 +55,8 @@ interface Sub {
 interface Inbound {
   send(cmd: BusCommand): void;
   close(): Promise<void>;
+  /** The thread, when it runs in one. */
+  worker?: Worker;
 }
 
 export class NatsBroker implements Broker {
@@ -105,9 +109,10 @@ export class NatsBroker implements Broker {
     void this.watch(this.nc);
     await this.openInbound();
     if (this.inboundMode === "worker") {
+      const limit = this.opts.beatTimeoutMs ?? 5000;
       this.watchdog = setInterval(() => {
-        if (!this.closed && this.inbound && Date.now() - this.lastBeat > 5000) void this.restartInbound("the bus worker stopped beating");
-      }, 1000);
+        if (!this.closed && this.inbound && Date.now() - this.lastBeat > limit) void this.restartInbound("the bus worker stopped beating");
+      }, Math.min(1000, limit / 2));
       this.watchdog.unref?.();
     }
   }
@@ -252,14 +257,20 @@ export class NatsBroker implements Broker {
 
   private workerInbound(onEvent: (e: BusEvent) => void): Inbound {
     const worker = new Worker(WORKER_SPECIFIER);
+    let closing = false;
     worker.onmessage = (m: MessageEvent) => onEvent(m.data as BusEvent);
     worker.onerror = (e) => {
       this.opts.log.error("nats: bus worker failed", { err: (e as ErrorEvent).message });
       void this.restartInbound("the bus worker threw");
     };
+    worker.addEventListener("close", () => {
+      if (!closing && this.inbound?.worker === worker) void this.restartInbound("the bus worker exited");
+    });
     return {
+      worker,
       send: (cmd) => worker.postMessage(cmd),
       close: async () => {
+        closing = true;
         const done = new Promise<void>((r) => {
           const prev = worker.onmessage;
           worker.onmessage = (m: MessageEvent) => {

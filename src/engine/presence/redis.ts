@@ -67,19 +67,20 @@ local function dropHold(r, u)
   if redis.call('ZSCORE', online, u) then addOnline({r}, -1) else touch(r) end
   table.insert(leaves, r); table.insert(leaves, u); table.insert(leaves, h)
 end
+-- A room's numbers as the caller decodes them: room, online, holders, version, typers (newline-joined).
+local function numbers(out, r, v)
+  local p = r .. '|'
+  local typers = {}
+  for _, m in ipairs(redis.call('ZRANGEBYLEX', tl, '[' .. p, '[' .. p .. '\\255')) do table.insert(typers, string.sub(m, #p + 1)) end
+  table.insert(out, r)
+  table.insert(out, tonumber(redis.call('HGET', on, r) or '0'))
+  table.insert(out, tonumber(redis.call('HGET', hu, r) or '0'))
+  table.insert(out, v)
+  table.insert(out, table.concat(typers, '\\n'))
+end
 local function counts()
   local out = {}
-  for _, r in ipairs(changedList) do
-    local v = redis.call('HINCRBY', ver, r, 1)
-    local p = r .. '|'
-    local typers = {}
-    for _, m in ipairs(redis.call('ZRANGEBYLEX', tl, '[' .. p, '[' .. p .. '\\255')) do table.insert(typers, string.sub(m, #p + 1)) end
-    table.insert(out, r)
-    table.insert(out, tonumber(redis.call('HGET', on, r) or '0'))
-    table.insert(out, tonumber(redis.call('HGET', hu, r) or '0'))
-    table.insert(out, v)
-    table.insert(out, table.concat(typers, '\\n'))
-  end
+  for _, r in ipairs(changedList) do numbers(out, r, redis.call('HINCRBY', ver, r, 1)) end
   return out
 end
 `;
@@ -169,16 +170,7 @@ for _, h in ipairs({hu, tc}) do
   end
 end
 local out = {}
-for _, r in ipairs(changedList) do
-  local p = r .. '|'
-  local typers = {}
-  for _, m in ipairs(redis.call('ZRANGEBYLEX', tl, '[' .. p, '[' .. p .. '\\255')) do table.insert(typers, string.sub(m, #p + 1)) end
-  table.insert(out, r)
-  table.insert(out, tonumber(redis.call('HGET', on, r) or '0'))
-  table.insert(out, tonumber(redis.call('HGET', hu, r) or '0'))
-  table.insert(out, tonumber(redis.call('HGET', ver, r) or '0'))
-  table.insert(out, table.concat(typers, '\\n'))
-end
+for _, r in ipairs(changedList) do numbers(out, r, tonumber(redis.call('HGET', ver, r) or '0')) end
 return out
 `;
 
