@@ -13,6 +13,7 @@ import { secondmeController } from "./modules/secondme/index.ts";
 import type { SecondMeService } from "./modules/secondme/service.ts";
 import { errorPlugin } from "./plugins/errors.ts";
 import { metricsController, type CityMetrics } from "./plugins/metrics.ts";
+import { strictQueryIntegers } from "./plugins/query.ts";
 
 export interface AppDeps {
   city: CityService;
@@ -27,6 +28,7 @@ export interface AppDeps {
 export function createApp(deps: AppDeps) {
   return new Elysia({ normalize: false })
     .use(errorPlugin(deps.log))
+    .use(strictQueryIntegers(["limit", "offset"]))
     .use(
       swagger({
         path: "/swagger",

@@ -35,6 +35,7 @@ import { SecondMeService } from "./modules/secondme/service.ts";
 import { createMetrics } from "./plugins/metrics.ts";
 import { serveCity } from "./server.ts";
 import { PostgresStore } from "./storage/postgres.ts";
+import { guardStore } from "./storage/guard.ts";
 import { SqliteStore } from "./storage/sqlite.ts";
 import type { Store } from "./storage/store.ts";
 import pkg from "../package.json" with { type: "json" };
@@ -47,6 +48,8 @@ export interface StartOptions {
   scheduler?: Scheduler;
   /** Use this broker instead of the configured one (tests link instances with a MemoryNetwork). */
   broker?: Broker;
+  /** Use this store instead of the configured one (tests give a store with a capped size); it is closed on stop. */
+  store?: Store;
   /** Listen port; overrides `config.port` (0 picks a free one). */
   port?: number;
 }
@@ -112,9 +115,10 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
   const scheduler = opts.scheduler ?? systemScheduler;
   const life = new Lifecycle(log);
   try {
-    const store = openStore(config);
-    life.add({ name: "store", stop: () => store.close(), timeoutMs: 3000 });
-    const applied = await store.migrate();
+    const rawStore = opts.store ?? openStore(config);
+    life.add({ name: "store", stop: () => rawStore.close(), timeoutMs: 3000 });
+    const applied = await rawStore.migrate();
+    const store = guardStore(rawStore, log);
     if (applied.length) log.info("store: migrations applied", { engine: store.engine, versions: applied });
 
     const secret = resolveSecret(config.jwtSecret, config.dataDir);
@@ -206,10 +210,14 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const readiness = async (): Promise<ReadinessReport> => {
       const engines: ReadinessReport["engines"] = {};
       try {
-        await within(store.ping(), 1000, "store");
-        engines.store = { engine: store.engine, state: "up" };
+        // A write, not just a read: a store that answers but cannot write (disk full) is not ready.
+        await within(store.probeWrite(), 1000, "store");
+        const trouble = store.writeTrouble();
+        engines.store = trouble ? { engine: store.engine, state: "down", detail: trouble } : { engine: store.engine, state: "up" };
       } catch (err) {
-        engines.store = { engine: store.engine, state: "down", detail: (err as Error).message };
+        // The cause's words, not the client-facing "unavailable": this report is for operators.
+        const cause = ((err as { cause?: unknown }).cause ?? err) as Error;
+        engines.store = { engine: store.engine, state: "down", detail: cause?.message ?? String(cause) };
       }
       engines.broker = { engine: broker.engine, state: broker.state(), ...(broker.detail ? { detail: broker.detail() } : {}) };
       engines.presence = { engine: presence.engine, state: presence.state() };

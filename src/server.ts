@@ -66,31 +66,73 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
     }
   };
 
+  /** Elysia finds the path after the 11th character; a host shorter than 4 characters (`Host: app`) would lose it. */
+  const elysiaSafe = (req: Request, pathStart: number): Request => {
+    if (pathStart >= 11) return req;
+    const url = req.url;
+    return new Request(`http://localhost${url.slice(pathStart)}`, req);
+  };
+
+  const tooLarge = () => errorResponse(new AppError("payload_too_large", `request bodies are limited to ${config.httpMaxBodyBytes} bytes`));
+
+  /**
+   * Reads a body sent without a length (chunked) up to HTTP_MAX_BODY_BYTES; one byte more and the
+   * request is refused, the rest never read.
+   * @returns the request with its body buffered, or `null` when the body is too large
+   */
+  const boundedBody = async (req: Request): Promise<Request | null> => {
+    const reader = req.body!.getReader();
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > config.httpMaxBodyBytes) {
+        void reader.cancel().catch(() => {});
+        return null;
+      }
+      chunks.push(value);
+    }
+    return new Request(req.url, { method: req.method, headers: req.headers, body: Buffer.concat(chunks) });
+  };
+
   return Bun.serve<SocketData>({
     hostname: config.host,
     port: o.port ?? config.port,
-    // Bun refuses larger bodies itself (a bare 413); below that, a declared length over the limit
-    // gets our JSON 413 in fetch(), and a chunked body is bounded by this hard cap.
-    maxRequestBodySize: config.httpMaxBodyBytes * 4,
-    fetch(req, server) {
-      const path = pathOf(req.url);
+    // The limit is ours (HTTP_MAX_BODY_BYTES, answered in the error shape): a declared length is
+    // checked before a byte is read, a chunked body is read up to the limit. Bun's own cap sits
+    // far above so it never answers first with a bare 413.
+    maxRequestBodySize: 1 << 30,
+    async fetch(req, server) {
+      const url = req.url;
+      const start = url.indexOf("/", url.indexOf("//") + 2);
+      const path = pathOf(url);
       for (const route of o.routes) {
         const params = route.match(path);
         if (params) return upgrade(req, server, route, params);
       }
-      const len = Number(req.headers.get("content-length") ?? 0);
-      if (len > config.httpMaxBodyBytes) {
-        return errorResponse(new AppError("payload_too_large", `request bodies are limited to ${config.httpMaxBodyBytes} bytes`));
+      const declared = req.headers.get("content-length");
+      if (declared !== null) {
+        if (Number(declared) > config.httpMaxBodyBytes) return tooLarge();
+      } else if (req.body && req.method !== "GET" && req.method !== "HEAD") {
+        const buffered = await boundedBody(req);
+        if (!buffered) return tooLarge();
+        req = buffered;
       }
-      return app.handle(req);
+      return app.handle(elysiaSafe(req, start));
     },
     error(err) {
       log.error("http: unhandled error", { err });
       return errorResponse(new AppError("internal", "internal error"));
     },
     websocket: {
-      maxPayloadLength: Math.max(config.wsMaxFrameBytes * 4, 131_072),
-      backpressureLimit: config.wsMaxBufferedBytes * 2,
+      // Frames up to this size reach the route, which answers one over WS_MAX_FRAME_BYTES with a
+      // `frame_too_large` frame before closing 1009; only larger ones are cut by Bun (1009, no frame).
+      maxPayloadLength: Math.max(config.wsMaxFrameBytes * 4, 1 << 20),
+      // Slow consumers are the hub's to close, with 4008 and the reason, on its sweep (every 250 ms,
+      // at once past 8× the cap); Bun's own limit (a cut with no close frame) sits far above.
+      backpressureLimit: config.wsMaxBufferedBytes * 64,
       closeOnBackpressureLimit: true,
       idleTimeout: config.wsIdleTimeoutSeconds,
       sendPings: true,
@@ -101,6 +143,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
         safe("open", ws, () => routeOf(ws).open(ws));
       },
       message: (ws, raw) => safe("message", ws, () => routeOf(ws).message(ws, raw)),
+      drain: (ws) => o.hub.drained(ws as ServerWebSocket<unknown>),
       close: (ws, code, reason) => {
         safe("close", ws, () => routeOf(ws).close(ws, code, reason));
         o.hub.untrack(ws as ServerWebSocket<unknown>);

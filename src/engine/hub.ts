@@ -6,8 +6,12 @@
  * - A publication is a pre-serialised frame, handed once to Bun for every local subscriber of the
  *   topic (uWS copies the bytes to each), never serialised per subscriber.
  * - Backpressure (SPEC "Realtime guarantees"): a socket whose send buffer stays above
- *   `maxBufferedBytes` for two sweeps is closed with 4008 (reconnect with `since`); above twice
- *   that Bun closes it at once. A slow socket never holds a room back.
+ *   `maxBufferedBytes` for two sweeps in a row (a sweep every 250 ms), or is found above eight
+ *   times it, is closed with 4008 and the reason (reconnect with `since`), and taken off its topics
+ *   so its buffer stops growing while the client reads up to the close frame. Bun's own cut (no
+ *   close frame) sits at 64 times the cap, out of reach between two sweeps. A slow socket never
+ *   holds a room back. Whoever sends a lot to one socket (a recovery replay) paces itself with
+ *   {@link Hub.writable}.
  * - Socket auth over time: a socket whose token expires (`expiresAt`, epoch ms) is closed with
  *   4001 `token_expired` by the next sweep, unless an `auth.refresh` frame moved its expiry.
  */
@@ -20,7 +24,7 @@ export interface HubOptions {
   log: Logger;
   /** Send buffer per socket above which it is a slow consumer, bytes. */
   maxBufferedBytes: number;
-  /** How often socket buffers and token expiries are checked, ms. */
+  /** How often socket buffers and token expiries are checked, ms (default 250). */
   sweepIntervalMs?: number;
   clock?: Clock;
   scheduler?: Scheduler;
@@ -39,6 +43,8 @@ export class Hub {
   /** Sockets seen over the buffer cap: consecutive sweeps over it, or ≥ 100 once closing. */
   private readonly strikes = new Map<AnySocket, number>();
   private sweepTimer: Timer | null = null;
+  /** Senders waiting for a socket's buffer to drain. */
+  private readonly drainWaiters = new Map<AnySocket, (() => void)[]>();
   private readonly clock: Clock;
   private readonly scheduler: Scheduler;
   /** Sockets closed by the hub, by reason; for /metrics. */
@@ -56,7 +62,7 @@ export class Hub {
 
   /** Starts the backpressure and token-expiry sweep. */
   start(): void {
-    this.sweepTimer = this.scheduler.every(this.opts.sweepIntervalMs ?? 1000, () => this.sweep());
+    this.sweepTimer = this.scheduler.every(this.opts.sweepIntervalMs ?? 250, () => this.sweep());
   }
 
   /** Publishes a pre-serialised frame to this instance's subscribers of `topic`. */
@@ -74,10 +80,32 @@ export class Hub {
     this.sockets.add(ws);
   }
 
-  /** Forgets a closed socket. */
+  /** Forgets a closed socket (and releases whoever waited for it to drain). */
   untrack(ws: AnySocket): void {
     this.sockets.delete(ws);
     this.strikes.delete(ws);
+    this.drained(ws);
+  }
+
+  /**
+   * Resolves when `ws` can take more without nearing the slow-consumer cap: at once while its
+   * buffer is under half the cap, else when Bun reports it drained (or it closed).
+   */
+  writable(ws: AnySocket): Promise<void> {
+    if (ws.readyState !== 1 || ws.getBufferedAmount() < this.opts.maxBufferedBytes / 2) return Promise.resolve();
+    return new Promise((resolve) => {
+      let list = this.drainWaiters.get(ws);
+      if (!list) this.drainWaiters.set(ws, (list = []));
+      list.push(resolve);
+    });
+  }
+
+  /** Bun's `drain` for `ws`: its send buffer emptied enough to write again. */
+  drained(ws: AnySocket): void {
+    const list = this.drainWaiters.get(ws);
+    if (!list) return;
+    this.drainWaiters.delete(ws);
+    for (const r of list) r();
   }
 
   /** Open sockets on this instance. */
@@ -108,8 +136,8 @@ export class Hub {
     for (const ws of this.sockets) {
       const s = this.strikes.get(ws);
       if (s !== undefined && s >= 100) {
-        // Closing: if the client does not read its close frame within ~5 sweeps, cut it.
-        if (s >= 105) ws.terminate();
+        // Closing: if the client does not read up to its close frame within ~20 sweeps, cut it.
+        if (s >= 120) ws.terminate();
         else this.strikes.set(ws, s + 1);
         continue;
       }
@@ -120,13 +148,15 @@ export class Hub {
         ws.close(CLOSE.tokenExpired, "token_expired: reconnect with a fresh token, or send auth.refresh before exp");
         continue;
       }
-      const over = ws.getBufferedAmount() > cap;
+      const buffered = ws.getBufferedAmount();
+      const over = buffered > cap;
       if (!over) {
         if (s !== undefined) this.strikes.delete(ws);
-      } else if ((s ?? 0) + 1 >= 2) {
-        this.opts.log.info("hub: closing slow consumer", { buffered: ws.getBufferedAmount() });
+      } else if ((s ?? 0) + 1 >= 2 || buffered > cap * 8) {
+        this.opts.log.info("hub: closing slow consumer", { buffered });
         this.stats.slowConsumersClosed++;
         this.strikes.set(ws, 100);
+        for (const topic of ws.subscriptions) ws.unsubscribe(topic);
         ws.close(CLOSE.slowConsumer, "slow consumer; reconnect with since");
       } else {
         this.strikes.set(ws, (s ?? 0) + 1);

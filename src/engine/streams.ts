@@ -199,8 +199,32 @@ export class RoomStreams {
       this.release(roomId);
       throw err;
     }
+    const truncated = rows.length > max;
+    const replay = truncated ? rows.slice(rows.length - max) : rows;
+    // Up to what the stream has delivered: later ones reach the socket through the buffer, or live.
+    const delivered = s.next - 1;
+    let last = since;
+    let replayed = 0;
+    const { hub } = this.o;
+    // Paced by the socket's buffer (a large replay must not make it a slow consumer); the entry
+    // stays registered meanwhile, so whatever the stream delivers goes into its buffer.
+    for (const row of replay) {
+      if (row.seq > delivered) break;
+      await hub.writable(ws);
+      if (!hub.isOpen(ws) || entry.overflow) break;
+      ws.send(row.frame);
+      last = row.seq;
+      replayed++;
+    }
+    for (let i = 0; i < entry.buffer.length && hub.isOpen(ws) && !entry.overflow; i++) {
+      const p = entry.buffer[i]!;
+      if (p.seq !== 0 && p.seq <= last) continue;
+      await hub.writable(ws);
+      ws.send(p.frame);
+      if (p.seq !== 0) last = p.seq;
+    }
     s.recovering.delete(entry);
-    if (!this.o.hub.isOpen(ws)) {
+    if (!hub.isOpen(ws)) {
       this.release(roomId);
       return null;
     }
@@ -209,25 +233,7 @@ export class RoomStreams {
       this.release(roomId);
       return null;
     }
-    const truncated = rows.length > max;
-    const replay = truncated ? rows.slice(rows.length - max) : rows;
-    // Up to what the stream has delivered: later ones reach the socket live, once subscribed.
-    const delivered = s.next - 1;
-    let last = since;
-    let replayed = 0;
-    for (const row of replay) {
-      if (row.seq > delivered) break;
-      ws.send(row.frame);
-      last = row.seq;
-      replayed++;
-    }
-    for (const p of entry.buffer) {
-      if (p.seq === 0) ws.send(p.frame);
-      else if (p.seq > last) {
-        ws.send(p.frame);
-        last = p.seq;
-      }
-    }
+    // Same tick as the last send: nothing delivered in between.
     ws.subscribe(s.topic);
     return { replayed, truncated };
   }

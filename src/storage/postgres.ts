@@ -30,7 +30,7 @@ export class PostgresStore implements Store {
     this.sql = postgres(opts.url, {
       max: opts.poolMax ?? 10,
       onnotice: () => {},
-      connect_timeout: 10,
+      connect_timeout: 5,
       connection: { application_name: "daarion-city" },
     });
     this.migrations = opts.migrations ?? POSTGRES_MIGRATIONS;
@@ -61,6 +61,10 @@ export class PostgresStore implements Store {
 
   async ping(): Promise<void> {
     await this.sql`select 1`;
+  }
+
+  async probeWrite(): Promise<void> {
+    await this.sql`insert into city_health (id, probed_at) values (1, now()) on conflict (id) do update set probed_at = excluded.probed_at`;
   }
 
   async listRooms(page: { limit: number; offset: number }): Promise<RoomSummary[]> {

@@ -1,8 +1,9 @@
 /**
  * The SQLite writer thread: owns the one write connection of the embedded store, so commits (and
  * their fsyncs under `synchronous = FULL`) never stall the event loop that fans messages out.
- * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: <a SqliteWrites method>, args }`
- * answered by `{ id, ok: true, result }` or `{ id, ok: false, error }`; `{ id, op: "close" }` last.
+ * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: <a SqliteWrites
+ * method>, args }` answered by `{ id, ok: true, result }` or `{ id, ok: false, error, code }`
+ * (`code`: SQLite's, e.g. SQLITE_CONSTRAINT_UNIQUE, SQLITE_FULL); `{ id, op: "close" }` last.
  */
 import { Database } from "bun:sqlite";
 import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";
@@ -33,6 +34,6 @@ self.onmessage = (e: MessageEvent) => {
     const result = fn(...m.args);
     self.postMessage({ id: m.id, ok: true, result });
   } catch (err) {
-    self.postMessage({ id: m.id, ok: false, error: (err as Error).message });
+    self.postMessage({ id: m.id, ok: false, error: (err as Error).message, code: (err as { code?: string }).code });
   }
 };

@@ -22,6 +22,8 @@ export interface SqliteWrites {
   appendSecondmeMessage(m: SecondmeMessage): void;
   setSecondmeStatus(messageId: string, status: SecondmeStatus, error: string | null): void;
   clearSecondme(userId: string): number;
+  /** Writes the health row (readiness: a full disk fails here). */
+  probeWrite(at: string): void;
 }
 
 export type SqliteWriteOp = keyof SqliteWrites;
@@ -91,5 +93,8 @@ export function sqliteWrites(db: Database): SqliteWrites {
       db.query("update secondme_messages set status = ?, error = ? where id = ?").run(status, error, id);
     },
     clearSecondme: (u) => clear(u),
+    probeWrite: (at) => {
+      db.query("insert into city_health (id, probed_at) values (1, ?) on conflict (id) do update set probed_at = excluded.probed_at").run(at);
+    },
   };
 }

@@ -8,7 +8,7 @@
  * wait for the writer). A `:memory:` database cannot be shared between threads and writes inline.
  */
 import { Database } from "bun:sqlite";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
 import { configureConnection, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
@@ -35,8 +35,12 @@ export interface SqliteStoreOptions {
   migrations?: Migration[];
 }
 
+/** Below this much free space on its disk the embedded store reports itself full (readiness). */
+const MIN_FREE_BYTES = 256 * 1024;
+
 export class SqliteStore implements Store {
   readonly engine = "sqlite" as const;
+  private readonly file: string;
   private readonly db: Database;
   private readonly migrations: Migration[];
   private readonly writer: Writer;
@@ -44,6 +48,7 @@ export class SqliteStore implements Store {
 
   constructor(opts: SqliteStoreOptions) {
     const synchronous = opts.synchronous ?? "FULL";
+    this.file = opts.file;
     if (opts.file !== ":memory:") mkdirSync(path.dirname(opts.file), { recursive: true });
     this.db = new Database(opts.file, { create: true, strict: true });
     configureConnection(this.db, synchronous);
@@ -83,6 +88,20 @@ export class SqliteStore implements Store {
 
   async ping(): Promise<void> {
     this.db.query("select 1").get();
+  }
+
+  /**
+   * Free space first: on a full disk SQLite keeps rewriting its WAL in place, so a one-row update
+   * can still succeed while every insert fails.
+   * @throws Error when the disk holding the database has less than 256 KiB free, or the write fails
+   */
+  async probeWrite(): Promise<void> {
+    if (this.file !== ":memory:") {
+      const fs = statfsSync(path.dirname(this.file));
+      const free = fs.bavail * fs.bsize;
+      if (free < MIN_FREE_BYTES) throw new Error(`sqlite: the disk holding ${path.basename(this.file)} is full (${free} bytes free)`);
+    }
+    await this.writer.run("probeWrite", new Date().toISOString());
   }
 
   async listRooms(page: { limit: number; offset: number }): Promise<RoomSummary[]> {
@@ -222,12 +241,12 @@ class WriterThread implements Writer {
   constructor(file: string, synchronous: "FULL" | "NORMAL") {
     this.worker = new Worker(WORKER_SPECIFIER);
     this.worker.onmessage = (e: MessageEvent) => {
-      const r = e.data as { id: number; ok: boolean; result?: unknown; error?: string };
+      const r = e.data as { id: number; ok: boolean; result?: unknown; error?: string; code?: string };
       const p = this.pending.get(r.id);
       if (!p) return;
       this.pending.delete(r.id);
       if (r.ok) p.resolve(r.result);
-      else p.reject(new Error(`sqlite: ${r.error}`));
+      else p.reject(Object.assign(new Error(`sqlite: ${r.error}`), { code: r.code }));
     };
     this.worker.onerror = (e) => this.fail(new Error(`sqlite writer thread failed: ${e.message}`));
     this.worker.postMessage({ op: "open", file, synchronous });

@@ -125,6 +125,12 @@ export interface Store {
   /** Cheap round trip; throws when the store is unreachable. */
   ping(): Promise<void>;
 
+  /**
+   * A tiny durable write (one row of `city_health`), for readiness: throws when the store cannot
+   * write (unreachable, read-only, disk full) even though it still answers reads.
+   */
+  probeWrite(): Promise<void>;
+
   /** Rooms ordered by creation (then id), with `last_event`. */
   listRooms(page: { limit: number; offset: number }): Promise<RoomSummary[]>;
 

@@ -108,11 +108,3 @@ export async function stopBinary(r: RunningBinary, signal: "SIGTERM" | "SIGKILL"
   const code = await r.proc.exited;
   return { code, ms: Date.now() - t0 };
 }
-
-/** A free TCP port on 127.0.0.1 (for a test's own engine servers). */
-export function freePort(): number {
-  const s = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = s.port;
-  s.stop(true);
-  return port;
-}

@@ -59,3 +59,28 @@ export async function deleteRedisKeys(url: string, prefix: string): Promise<void
     await c.close();
   }
 }
+
+/** One store a suite runs on: its environment for the city, and how to remove what it made. */
+export interface StoreVariant {
+  name: "sqlite" | "postgres";
+  env(): Promise<{ env: Record<string, string>; drop: () => Promise<void> }>;
+}
+
+/**
+ * The stores a suite runs on: the embedded SQLite always, and PostgreSQL (a throwaway database
+ * per suite) when DATABASE_URL is set — a missing one is reported by {@link engineUrl}.
+ */
+export function storeVariants(suite: string): StoreVariant[] {
+  const base = engineUrl("DATABASE_URL", `${suite} on postgres`);
+  const variants: StoreVariant[] = [{ name: "sqlite", env: async () => ({ env: {}, drop: async () => {} }) }];
+  if (base) {
+    variants.push({
+      name: "postgres",
+      env: async () => {
+        const db = await createTestDatabase(base);
+        return { env: { DATABASE_URL: db.url }, drop: db.drop };
+      },
+    });
+  }
+  return variants;
+}

@@ -3,55 +3,27 @@
  * own on a spare loopback port (never the shared one) and stops it by its pid.
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import type { Subprocess } from "bun";
 import { createClient } from "redis";
 import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 import { engineUrl } from "../helpers/engines.ts";
+import { ownRedis, type OwnEngine } from "../helpers/own-engines.ts";
 
 const wanted = engineUrl("REDIS_URL", "presence with Redis down and back");
 const redisServer = Bun.which("redis-server");
 
-async function freePort(): Promise<number> {
-  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
-}
-
-async function startRedis(port: number): Promise<Subprocess> {
-  const proc = Bun.spawn([redisServer!, "--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"], {
-    stdout: "ignore",
-    stderr: "ignore",
-  });
-  await waitFor(async () => {
-    const c = createClient({ url: `redis://127.0.0.1:${port}`, socket: { reconnectStrategy: false, connectTimeout: 200 } });
-    c.on("error", () => {});
-    try {
-      await c.connect();
-      await c.close();
-      return true;
-    } catch {
-      return false;
-    }
-  });
-  return proc;
-}
-
 describe.skipIf(!wanted || !redisServer)("presence when Redis is down and comes back", () => {
-  let redis: Subprocess | null = null;
+  let redis: OwnEngine | null = null;
   let city: TestCity | null = null;
   const sockets: TestSocket[] = [];
   afterAll(async () => {
     for (const s of sockets) s.close();
     await city?.dispose();
-    redis?.kill("SIGKILL");
-    await redis?.exited;
+    await redis?.dispose();
   });
 
   test("rooms and messages keep working, /readyz says degraded, heartbeats resume within 5 s, memory stays bounded", async () => {
-    const port = await freePort();
-    redis = await startRedis(port);
-    const url = `redis://127.0.0.1:${port}`;
+    redis = await ownRedis();
+    const url = redis.url;
     city = await startTestCity({ REDIS_URL: url, PRESENCE_SWEEP_MS: "200", PRESENCE_FLUSH_MS: "5", CITY_WRITE_RATE_PER_SECOND: "0" });
     const c = city;
     const beat = await heartbeating(c, "u_fault");
@@ -68,8 +40,7 @@ describe.skipIf(!wanted || !redisServer)("presence when Redis is down and comes 
       expect(await waitFor(() => membersOnline(c, "room_city_energy"), (n) => n === 1)).toBe(1);
 
       // Redis goes away
-      redis.kill("SIGKILL");
-      await redis.exited;
+      await redis.stop();
       const ready = await waitFor(async () => (await (await c.http("/readyz")).json()) as any, (r) => r.status === "degraded");
       expect(ready.engines.presence).toEqual({ engine: "redis", state: "down" });
       const token = await c.token("u_writer");
@@ -85,7 +56,7 @@ describe.skipIf(!wanted || !redisServer)("presence when Redis is down and comes 
       expect(c.presence.stats.flushFailures).toBeGreaterThan(0);
 
       // Redis comes back, empty, on the same port
-      redis = await startRedis(port);
+      await redis.start();
       const t0 = Date.now();
       const back = createClient({ url, socket: { reconnectStrategy: false } });
       back.on("error", () => {});

@@ -3,22 +3,10 @@
  * DATABASE_URL is set, on PostgreSQL: fan-out, acknowledgement, membership, recovery, bad frames.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
+import { storeVariants } from "../helpers/engines.ts";
 import { heartbeating, membersOnline, refusedUpgrade, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
-const pgBase = engineUrl("DATABASE_URL", "room sockets on postgres");
-const variants: { name: string; env: () => Promise<{ env: Record<string, string>; drop: () => Promise<void> }> }[] = [
-  { name: "sqlite", env: async () => ({ env: {}, drop: async () => {} }) },
-];
-if (pgBase) {
-  variants.push({
-    name: "postgres",
-    env: async () => {
-      const db = await createTestDatabase(pgBase);
-      return { env: { DATABASE_URL: db.url }, drop: db.drop };
-    },
-  });
-}
+const variants = storeVariants("room sockets");
 
 const GENERAL = "room_city_general";
 

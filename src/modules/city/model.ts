@@ -4,6 +4,7 @@
  */
 import { t } from "elysia";
 import { SLUG_PATTERN } from "../../ids.ts";
+import { TEXT_PATTERN } from "../../text.ts";
 
 const Nullable = <T extends Parameters<typeof t.Union>[0][number]>(s: T) => t.Union([s, t.Null()]);
 const Timestamp = t.String({ format: "date-time", description: "ISO-8601 UTC, milliseconds" });
@@ -56,15 +57,15 @@ export const RoomDetailModel = t.Object({
 
 export const CreateRoomBody = t.Object(
   {
-    name: t.String({ minLength: 1, maxLength: 100 }),
+    name: t.String({ minLength: 1, maxLength: 100, pattern: TEXT_PATTERN, description: "1 to 100 characters after trimming; no control characters but \\n and \\t" }),
     slug: t.String({ pattern: SLUG_PATTERN }),
-    description: t.Optional(Nullable(t.String({ maxLength: 1000 }))),
+    description: t.Optional(Nullable(t.String({ maxLength: 1000, pattern: TEXT_PATTERN }))),
   },
   { additionalProperties: false },
 );
 
 export const PostMessageBody = t.Object(
-  { body: t.String({ description: "1 to 4000 characters after trimming" }) },
+  { body: t.String({ description: "1 to 4000 characters after trimming; no control characters but \\n and \\t" }) },
   { additionalProperties: false },
 );
 

@@ -10,12 +10,16 @@ import { encodeRoomMembership, encodeRoomMessage } from "../../engine/protocol.t
 import type { Limit } from "../../engine/ratelimit.ts";
 import type { RoomHistory, RoomStreams } from "../../engine/streams.ts";
 import { IdGenerator, isId, roomIdForSlug, SLUG_RE } from "../../ids.ts";
+import { checkText } from "../../text.ts";
 import type { Logger } from "../../log.ts";
 import type { FeedEvent, Message, NewMessage, Room, RoomMatrixMapping, RoomSummary, Store } from "../../storage/store.ts";
 import { MessageWriter } from "./writer.ts";
 
 /** Body text limits (SPEC "HTTP API": 1 to 4,000 characters after trimming). */
 export const BODY_MAX_CHARS = 4000;
+/** Room name and description limits (characters after trimming). */
+export const ROOM_NAME_MAX_CHARS = 100;
+export const ROOM_DESCRIPTION_MAX_CHARS = 1000;
 /** Messages in a room detail (seed 000 §4.1 "останні 50 повідомлень"). */
 export const ROOM_DETAIL_MESSAGES = 50;
 /** NATS subject of the city event for each new message (seed 002/004 listen on `city.event.*`). */
@@ -53,15 +57,9 @@ export interface RoomDetail {
   members_online: number;
 }
 
-/** Trims and checks a message body. @throws AppError `validation_failed` */
+/** Trims and checks a message body (SPEC Text rules). @throws AppError `validation_failed` */
 export function validateBody(body: unknown): string {
-  if (typeof body !== "string") throw new AppError("validation_failed", "body must be a string");
-  const trimmed = body.trim();
-  const chars = trimmed.length <= BODY_MAX_CHARS ? trimmed.length : [...trimmed].length;
-  if (trimmed.length === 0 || chars > BODY_MAX_CHARS) {
-    throw new AppError("validation_failed", `body must be 1 to ${BODY_MAX_CHARS} characters after trimming, got ${chars}`);
-  }
-  return trimmed;
+  return checkText(body, "body", 1, BODY_MAX_CHARS);
 }
 
 /** A default room's display name: its slug with a capital first letter (seed 000 §8: "General"). */
@@ -135,11 +133,11 @@ export class CityService {
    */
   async createRoom(userId: string, input: { name: string; slug: string; description?: string | null }): Promise<Room> {
     if (!SLUG_RE.test(input.slug)) throw new AppError("validation_failed", "slug must match ^[a-z0-9][a-z0-9_-]{0,62}$");
-    const name = input.name.trim();
-    if (name.length === 0) throw new AppError("validation_failed", "name must not be blank");
+    const name = checkText(input.name, "name", 1, ROOM_NAME_MAX_CHARS);
+    const description = input.description == null ? null : checkText(input.description, "description", 0, ROOM_DESCRIPTION_MAX_CHARS) || null;
     await this.takeWrite(userId);
     const now = this.o.clock.now();
-    const room = this.newRoom(input.slug, name, input.description?.trim() || null, userId, false, now);
+    const room = this.newRoom(input.slug, name, description, userId, false, now);
     const event = this.systemEvent(room, `Кімнату ${room.name} створено`, now, userId);
     if (!(await this.o.store.createRoom(room, { messages: [], events: [event] }))) {
       throw new AppError("slug_taken", `a room with slug "${input.slug}" already exists`);

@@ -10,6 +10,7 @@ import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
 import { IdGenerator, idTime } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
+import { isDataError } from "../../storage/data-errors.ts";
 import type { FeedEvent, Message, MessageWrite, NewMessage, Store } from "../../storage/store.ts";
 
 export interface MessageWriterOptions {
@@ -85,29 +86,46 @@ export class MessageWriter {
         const q = this.queues.get(roomId);
         if (!q || q.length === 0) break;
         const taken = q.splice(0, max);
-        const batch = taken.map((p) => this.materialise(p.draft));
-        let first: number;
-        try {
-          first = await this.opts.store.appendMessages(roomId, batch);
-        } catch (err) {
-          this.opts.log.error("city: message commit failed", { room_id: roomId, messages: batch.length, err });
-          const e = new AppError("store_unavailable", "the message store is unavailable; nothing was saved", 1);
-          for (const p of taken) p.reject(e);
-          continue;
-        }
-        const messages: Message[] = batch.map((w, i) => ({ ...w.message, seq: first + i }));
-        try {
-          this.opts.onCommitted(messages, batch);
-        } catch (err) {
-          this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
-        }
-        for (let i = 0; i < taken.length; i++) taken[i]!.resolve(messages[i]!);
+        await this.commit(roomId, taken.map((p) => ({ p, w: this.materialise(p.draft) })));
       }
     } finally {
       this.queues.delete(roomId);
       this.busy.delete(roomId);
       if (this.busy.size === 0) for (const r of this.idle.splice(0)) r();
     }
+  }
+
+  /**
+   * Commits a batch and publishes it. A batch the store refuses for its data (a constraint or a
+   * value it cannot store, not an outage) is split in halves and each retried, so only the
+   * offending message is refused and nobody else's write fails with it.
+   */
+  private async commit(roomId: string, items: { p: Pending; w: MessageWrite }[]): Promise<void> {
+    let first: number;
+    try {
+      first = await this.opts.store.appendMessages(roomId, items.map((x) => x.w));
+    } catch (err) {
+      if (isDataError(err) && items.length > 1) {
+        const mid = items.length >> 1;
+        await this.commit(roomId, items.slice(0, mid));
+        await this.commit(roomId, items.slice(mid));
+        return;
+      }
+      if (isDataError(err)) this.opts.log.warn("city: the store refused a message's content", { room_id: roomId, err });
+      else if (!(err instanceof AppError)) this.opts.log.error("city: message commit failed", { room_id: roomId, messages: items.length, err });
+      const e = isDataError(err)
+        ? new AppError("validation_failed", "the store refused this message's content; nothing was saved")
+        : new AppError("store_unavailable", "the message store is unavailable; nothing was saved", 1);
+      for (const x of items) x.p.reject(e);
+      return;
+    }
+    const messages: Message[] = items.map((x, i) => ({ ...x.w.message, seq: first + i }));
+    try {
+      this.opts.onCommitted(messages, items.map((x) => x.w));
+    } catch (err) {
+      this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
+    }
+    for (let i = 0; i < items.length; i++) items[i]!.p.resolve(messages[i]!);
   }
 
   private materialise(d: MessageDraft): MessageWrite {
@@ -126,3 +144,4 @@ export class MessageWriter {
     return { message, event };
   }
 }
+

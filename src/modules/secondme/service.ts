@@ -15,6 +15,7 @@ import { AppError } from "../../engine/errors.ts";
 import type { Limit } from "../../engine/ratelimit.ts";
 import { LocalSerialQueue, type SerialQueue } from "../../engine/serial.ts";
 import { IdGenerator, idTime } from "../../ids.ts";
+import { checkText } from "../../text.ts";
 import type { Logger } from "../../log.ts";
 import type { SecondmeMessage, SecondmeStatus, Store } from "../../storage/store.ts";
 import type { AgentsClient } from "./agents.ts";
@@ -140,11 +141,7 @@ export class SecondMeService {
   }
 }
 
-/** Trims and checks a prompt. @throws AppError `validation_failed` */
+/** Trims and checks a prompt (SPEC Text rules). @throws AppError `validation_failed` */
 export function validatePrompt(prompt: unknown): string {
-  if (typeof prompt !== "string") throw new AppError("validation_failed", "prompt must be a string");
-  const t = prompt.trim();
-  const chars = t.length <= PROMPT_MAX_CHARS ? t.length : [...t].length;
-  if (t.length === 0 || chars > PROMPT_MAX_CHARS) throw new AppError("validation_failed", `prompt must be 1 to ${PROMPT_MAX_CHARS} characters after trimming, got ${chars}`);
-  return t;
+  return checkText(prompt, "prompt", 1, PROMPT_MAX_CHARS);
 }
