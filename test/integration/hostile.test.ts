@@ -44,7 +44,10 @@ for (const variant of variants) {
     beforeAll(async () => {
       const made = await variant.env();
       drop = made.drop;
-      city = await startTestCity({ ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", WS_MAX_BUFFERED_BYTES: "65536", HTTP_MAX_BODY_BYTES: "65536" }, { log });
+      city = await startTestCity(
+        { ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", WS_MAX_BUFFERED_BYTES: "65536", HTTP_MAX_BODY_BYTES: "65536", ROOM_RECOVERY_MAX_MESSAGES: "5000" },
+        { log },
+      );
       token = await city.token("u_hostile");
     });
     afterAll(async () => {
@@ -187,18 +190,21 @@ for (const variant of variants) {
       expect(fast.closed).toBeNull();
     }, 30_000);
 
-    test("a recovery larger than the send buffer is paced, not cut: every message arrives and the socket stays open", async () => {
+    test("a recovery larger than the send buffer is paced, not cut: a client that pauses mid-replay gets every message and stays open", async () => {
       const room = "room_city_science";
       const first = (await req("POST", `/city/rooms/${room}/messages`, { body: "start" })).json.seq as number;
-      const big = "y".repeat(2000);
+      const big = "y".repeat(3900);
+      const N = 2500;
       const writer = await open(`/ws/city/rooms/${room}?token=${token}`);
-      for (let i = 0; i < 300; i++) writer.send({ event: "room.message.send", body: `r${i} ${big}` });
-      await writer.until(() => writer.frames.filter((f) => f.event === "room.message").length === 300, 15_000);
-      // 300 × ~2 KiB = ~600 KiB to replay through a 64 KiB send buffer
-      const again = await open(`/ws/city/rooms/${room}?since=${first}`);
-      await again.until(() => again.frames.filter((f) => f.event === "room.message").length === 300, 15_000);
-      expect(again.frames.filter((f) => f.event === "room.message").map((f) => f.message.seq)).toEqual(Array.from({ length: 300 }, (_, i) => first + 1 + i));
-      expect(again.closed).toBeNull();
+      for (let i = 0; i < N; i++) writer.send({ event: "room.message.send", body: `r${i} ${big}` });
+      await writer.until(() => writer.frames.filter((f) => f.event === "room.message").length === N, 20_000);
+      // ~10 MB (more than the kernel's socket buffers) to replay through a 64 KiB send buffer, to a
+      // client that stops reading for 2.5 s
+      const slow = await slowSocket(city.port, `/ws/city/rooms/${room}?since=${first}`);
+      await Bun.sleep(2500);
+      const got = await slow.resumeUntil((frames) => frames.filter((f) => f.event === "room.message").length >= N);
+      expect(got.close).toBeNull();
+      expect(got.frames.filter((f) => f.event === "room.message").map((f) => f.message.seq)).toEqual(Array.from({ length: N }, (_, i) => first + 1 + i));
     }, 30_000);
   });
 }
@@ -234,8 +240,17 @@ async function rawHttp(port: number, request: string): Promise<string> {
  * A WebSocket client that stops reading (its TCP receive window fills), then on request resumes
  * and reads frames until the server's close frame: a consumer that was slow, not dead.
  */
-async function slowSocket(port: number, path: string): Promise<{ resumeUntilClose(): Promise<{ code: number; reason: string }> }> {
+interface SlowSocket {
+  /** Resumes reading until the server's close frame. */
+  resumeUntilClose(): Promise<{ code: number; reason: string }>;
+  /** Resumes reading until `done(frames)` holds (or a close, or 10 s). */
+  resumeUntil(done: (frames: any[]) => boolean): Promise<{ frames: any[]; close: { code: number; reason: string } | null }>;
+}
+
+async function slowSocket(port: number, path: string): Promise<SlowSocket> {
   let buf = Buffer.alloc(0);
+  const frames: any[] = [];
+  let onFrame = () => {};
   let upgraded = false;
   const closed = Promise.withResolvers<{ code: number; reason: string }>();
   const opened = Promise.withResolvers<void>();
@@ -271,6 +286,10 @@ async function slowSocket(port: number, path: string): Promise<{ resumeUntilClos
           const payload = buf.subarray(at, at + len);
           buf = buf.subarray(at + len);
           if (opcode === 0x8) closed.resolve({ code: payload.readUInt16BE(0), reason: payload.subarray(2).toString("utf8") });
+          if (opcode === 0x1) {
+            frames.push(JSON.parse(payload.toString("utf8")));
+            onFrame();
+          }
         }
       },
       close: () => closed.resolve({ code: 1006, reason: "" }),
@@ -286,6 +305,14 @@ async function slowSocket(port: number, path: string): Promise<{ resumeUntilClos
       const r = await Promise.race([closed.promise, Bun.sleep(10_000).then(() => ({ code: -1, reason: "no close frame within 10 s" }))]);
       sock.end();
       return r;
+    },
+    async resumeUntil(done) {
+      const reached = Promise.withResolvers<void>();
+      onFrame = () => done(frames) && reached.resolve();
+      sock.resume();
+      const close = await Promise.race([closed.promise, reached.promise.then(() => null), Bun.sleep(10_000).then(() => null)]);
+      sock.end();
+      return { frames, close };
     },
   };
 }
