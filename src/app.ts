@@ -7,6 +7,8 @@ import { Elysia } from "elysia";
 import type { TokenVerifier } from "./auth/tokens.ts";
 import type { Logger } from "./log.ts";
 import { cityController } from "./modules/city/index.ts";
+import { livingMapController } from "./modules/living-map/index.ts";
+import type { LivingMapService } from "./modules/living-map/service.ts";
 import type { CityService } from "./modules/city/service.ts";
 import { opsController, type ReadinessReport } from "./modules/ops/index.ts";
 import { secondmeController } from "./modules/secondme/index.ts";
@@ -23,6 +25,9 @@ export interface AppDeps {
   log: Logger;
   version: string;
   metrics: CityMetrics;
+  livingMap: LivingMapService;
+  /** LIVING_MAP_PUBLIC */
+  livingMapPublic: boolean;
 }
 
 export function createApp(deps: AppDeps) {
@@ -33,7 +38,7 @@ export function createApp(deps: AppDeps) {
       swagger({
         path: "/swagger",
         documentation: {
-          info: { title: "DAARION City realtime backend", version: deps.version, description: "Rooms, feed, presence, Second Me and the Living Map. Sockets: see README." },
+          info: { title: "DAARION City realtime backend", version: deps.version, description: "Rooms, feed, presence, Second Me and the Living Map. Sockets: see the README." },
           components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", bearerFormat: "JWT" } } },
         },
       }),
@@ -41,7 +46,8 @@ export function createApp(deps: AppDeps) {
     .use(opsController(deps.readiness))
     .use(metricsController(deps.metrics))
     .use(cityController(deps.city, deps.verifier))
-    .use(secondmeController(deps.secondme, deps.verifier));
+    .use(secondmeController(deps.secondme, deps.verifier))
+    .use(livingMapController(deps.livingMap, deps.verifier, deps.livingMapPublic));
 }
 
 export type App = ReturnType<typeof createApp>;

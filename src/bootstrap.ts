@@ -27,6 +27,8 @@ import { Lifecycle, type StepReport } from "./lifecycle.ts";
 import type { Logger } from "./log.ts";
 import { CityService } from "./modules/city/service.ts";
 import { roomSocketRoute } from "./modules/city/socket.ts";
+import { LivingMapService } from "./modules/living-map/service.ts";
+import { livingMapSocketRoute } from "./modules/living-map/socket.ts";
 import type { ReadinessReport } from "./modules/ops/index.ts";
 import { PresenceService } from "./modules/presence/service.ts";
 import { presenceSocketRoute } from "./modules/presence/socket.ts";
@@ -66,6 +68,7 @@ export interface CityInstance {
   readonly streams: RoomStreams;
   readonly city: CityService;
   readonly presence: PresenceTracker;
+  readonly livingMap: LivingMapService;
   /** Names of the lifecycle steps in start order (they stop in reverse). */
   readonly steps: string[];
   /** True from the moment a stop begins (`/readyz` answers 503 from then on). */
@@ -180,7 +183,17 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     });
     presenceService.start();
     life.add({ name: "presence service", stop: () => presenceService.close() });
-    const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats });
+    const livingMap = new LivingMapService({
+      store, broker, hub, presence, log, clock, scheduler, version: VERSION,
+      urls: { space: config.spaceServiceUrl, agents: config.agentsServiceUrl, microdao: config.microdaoServiceUrl, dao: config.daoServiceUrl, usage: config.usageEngineUrl },
+      refreshMs: config.livingMapRefreshMs, upstreamTimeoutMs: config.livingMapUpstreamTimeoutMs, breakerOpenMs: config.livingMapBreakerOpenMs, retentionDays: config.livingMapRetentionDays,
+      snapshotIntervalMs: config.livingMapSnapshotIntervalMs, jetstream: config.livingMapJetstream === "auto", streamName: config.livingMapStream,
+      consumerName: config.livingMapConsumer, ackWaitMs: config.livingMapAckWaitMs, maxEventBytes: config.livingMapMaxEventBytes,
+      recoveryMax: config.livingMapRecoveryMaxEvents,
+    });
+    await livingMap.start();
+    life.add({ name: "living map", stop: () => livingMap.close(), timeoutMs: 3000 });
+    const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats, livingMap });
 
     const agents =
       config.agentsTransport === "off"
@@ -205,6 +218,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const created = await city.ensureDefaultRooms(config.defaultRooms);
     if (created.length) log.info("city: default rooms created", { slugs: created });
     presenceService.roomsChanged();
+    void livingMap.refreshCity();
 
     let stopping = false;
     const readiness = async (): Promise<ReadinessReport> => {
@@ -226,13 +240,16 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       return { status, engines };
     };
 
-    const app = createApp({ city, secondme, verifier, readiness, log, version: VERSION, metrics });
+    const app = createApp({ city, secondme, verifier, readiness, log, version: VERSION, metrics, livingMap, livingMapPublic: config.livingMapPublic });
     const routes = [
       roomSocketRoute({
         city, streams, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
         membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
       }),
       presenceSocketRoute({ service: presenceService, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes }),
+      livingMapSocketRoute({
+        map: livingMap, verifier, log, isPublic: config.livingMapPublic, socketsPerUser: config.livingMapSocketsPerUser, maxFrameBytes: config.wsMaxFrameBytes,
+      }),
     ] as unknown as SocketRoute<SocketData>[];
     const server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping });
     hub.attach(server as Server<unknown>);
@@ -276,7 +293,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     return {
       url: `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`,
       port: server.port!,
-      server, app, store, broker, hub, streams, city, presence,
+      server, app, store, broker, hub, streams, city, presence, livingMap,
       steps: life.names(),
       isStopping: () => stopping,
       stop,

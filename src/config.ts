@@ -57,8 +57,36 @@ export interface Config {
   typingTtlSeconds: number;
   /** `presence.update` goes out only while at most this many local sockets listen for it (storm guard). */
   presenceUpdatesMaxAudience: number;
-  /** Agents Core over HTTP: base URL of `POST /agents/{id}/invoke`. */
+  /** Agents Core over HTTP: base URL of `POST /agents/{id}/invoke` (and the living map's agents-service). */
   agentsServiceUrl: string | null;
+  /** Living-map upstreams (seed 004 §3.2); `null`: that source is `not_configured`. */
+  spaceServiceUrl: string | null;
+  microdaoServiceUrl: string | null;
+  daoServiceUrl: string | null;
+  usageEngineUrl: string | null;
+  /** Living map reads without a token (seed 004 §7 recommends auth: off by default). */
+  livingMapPublic: boolean;
+  /** How often the upstreams and the city layer are read again, ms. */
+  livingMapRefreshMs: number;
+  /** Per upstream attempt, ms. */
+  livingMapUpstreamTimeoutMs: number;
+  /** An upstream's open circuit breaker lets one attempt through after this long, ms. */
+  livingMapBreakerOpenMs: number;
+  /** The event log (and the JetStream stream) keep this many days (seed 002: 30). */
+  livingMapRetentionDays: number;
+  /** How often the scene is saved to warm the next start, ms; 0 = never. */
+  livingMapSnapshotIntervalMs: number;
+  /** `auto`: a JetStream durable consumer when the NATS server has JetStream; `off`: core subscriptions. */
+  livingMapJetstream: "auto" | "off";
+  livingMapStream: string;
+  livingMapConsumer: string;
+  /** A durable batch not acknowledged within this long is delivered again, ms. */
+  livingMapAckWaitMs: number;
+  /** Larger NATS payloads are dropped (and counted), bytes. */
+  livingMapMaxEventBytes: number;
+  livingMapSocketsPerUser: number;
+  /** Most events a reconnecting stream is sent before it gets a fresh snapshot instead. */
+  livingMapRecoveryMaxEvents: number;
   /** How Second Me reaches Agents Core; `off` answers 503. */
   agentsTransport: "http" | "nats" | "off";
   /** NATS request subject for the `nats` transport (seed 000 §7: `agents.invoke`). */
@@ -140,6 +168,13 @@ function optionalUrl(protocols: string[]) {
     }
     return raw.trim();
   };
+}
+
+/** A JetStream stream or consumer name, or empty (derived from the subject prefix later). */
+function optionalNatsName(raw: string | undefined, env: string): string {
+  const v = (raw ?? "").trim();
+  if (v !== "" && !/^[A-Za-z0-9_-]{1,64}$/.test(v)) return fail(env, "must be 1 to 64 of [A-Za-z0-9_-]", v);
+  return v;
 }
 
 function optionalString(raw: string | undefined): string | null {
@@ -261,9 +296,58 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
   {
     env: "AGENTS_SERVICE_URL", key: "agentsServiceUrl", type: "http(s) URL",
-    doc: "Agents Core base URL; Second Me calls `POST {AGENTS_SERVICE_URL}/agents/{SECONDME_AGENT_ID}/invoke`. Unset (and no AGENTS_TRANSPORT): Second Me answers 503.",
+    doc: "agents-service / Agents Core base URL: Second Me calls `POST {AGENTS_SERVICE_URL}/agents/{SECONDME_AGENT_ID}/invoke`; the living map reads `GET /agents` and `GET /agents/metrics`. Unset (and no AGENTS_TRANSPORT): Second Me answers 503 and the map's agents source is `not_configured`.",
     parse: optionalUrl(["http:", "https:"]),
   },
+  {
+    env: "SPACE_SERVICE_URL", key: "spaceServiceUrl", type: "http(s) URL",
+    doc: "space-service for the living map's space layer (`GET /api/space/scene`: planets and nodes). Unset: that source is `not_configured`.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  {
+    env: "MICRODAO_SERVICE_URL", key: "microdaoServiceUrl", type: "http(s) URL",
+    doc: "microdao-service for the living map's city layer items (`GET /microdaos`). Unset: `not_configured`.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  {
+    env: "DAO_SERVICE_URL", key: "daoServiceUrl", type: "http(s) URL",
+    doc: "dao-service for the living map's DAO planets (`GET /dao`, `GET /dao/proposals/summary`). Unset: `not_configured`.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  {
+    env: "USAGE_ENGINE_URL", key: "usageEngineUrl", type: "http(s) URL",
+    doc: "usage-engine for agents' 24 h usage (`GET /internal/usage/summary?period_hours=24`). Unset: `not_configured`, and usage counts from `usage.*` events.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  {
+    env: "LIVING_MAP_PUBLIC", key: "livingMapPublic", type: "true or false", fallback: "false",
+    doc: "`true` lets anyone read the living map (snapshot, entities, history, stream) without a token. Off by default, as seed 004 §7 recommends.",
+    parse: (r, env) => oneOf(["true", "false"] as const)(r, env) === "true",
+  },
+  { env: "LIVING_MAP_REFRESH_MS", key: "livingMapRefreshMs", type: "integer 1000..3600000", fallback: "15000", doc: "How often the living map reads its upstreams and the city layer again, in the background.", parse: int(1000, 3_600_000) },
+  { env: "LIVING_MAP_UPSTREAM_TIMEOUT_MS", key: "livingMapUpstreamTimeoutMs", type: "integer 100..60000", fallback: "3000", doc: "Each attempt at an upstream gives up after this long (one retry; a circuit breaker opens after 3 failures in a row).", parse: int(100, 60_000) },
+  { env: "LIVING_MAP_BREAKER_OPEN_MS", key: "livingMapBreakerOpenMs", type: "integer 100..3600000", fallback: "30000", doc: "After 3 failures in a row an upstream's circuit breaker opens: no call for this long, then one attempt decides.", parse: int(100, 3_600_000) },
+  { env: "LIVING_MAP_RETENTION_DAYS", key: "livingMapRetentionDays", type: "integer 1..3650", fallback: "30", doc: "Days the living map's event log (and its JetStream stream) keeps events (seed 002: 30).", parse: int(1, 3650) },
+  { env: "LIVING_MAP_SNAPSHOT_INTERVAL_MS", key: "livingMapSnapshotIntervalMs", type: "integer 0..86400000", fallback: "60000", doc: "How often the scene is saved (`living_map_snapshots`) to warm the next start; 0 = never.", parse: int(0, 86_400_000) },
+  {
+    env: "LIVING_MAP_JETSTREAM", key: "livingMapJetstream", type: "auto or off", fallback: "auto",
+    doc: "`auto`: with a NATS server that has JetStream, events go through a stream and a durable consumer, acknowledged once logged (nothing lost across restarts). `off`: core NATS subscriptions.",
+    parse: oneOf(["auto", "off"] as const),
+  },
+  {
+    env: "LIVING_MAP_STREAM", key: "livingMapStream", type: "name", fallback: "",
+    doc: "The JetStream stream over the living map's eight subjects (created if absent). Empty: `LIVING_MAP`, plus `_<NATS_SUBJECT_PREFIX>` when there is a prefix.",
+    parse: optionalNatsName,
+  },
+  {
+    env: "LIVING_MAP_CONSUMER", key: "livingMapConsumer", type: "name", fallback: "",
+    doc: "The durable consumer every instance shares to write the event log (created if absent). Empty: `living-map`, plus `-<NATS_SUBJECT_PREFIX>` when there is a prefix.",
+    parse: optionalNatsName,
+  },
+  { env: "LIVING_MAP_ACK_WAIT_MS", key: "livingMapAckWaitMs", type: "integer 1000..600000", fallback: "30000", doc: "A batch not acknowledged (logged) within this long is delivered again, to whichever instance asks next.", parse: int(1000, 600_000) },
+  { env: "LIVING_MAP_MAX_EVENT_BYTES", key: "livingMapMaxEventBytes", type: "integer 1024..1048576", fallback: "65536", doc: "NATS payloads larger than this are dropped, counted in /metrics and logged once per subject per minute.", parse: int(1024, 1_048_576) },
+  { env: "LIVING_MAP_SOCKETS_PER_USER", key: "livingMapSocketsPerUser", type: "integer 1..1000", fallback: "5", doc: "Living map streams one user may hold open on an instance.", parse: int(1, 1000) },
+  { env: "LIVING_MAP_RECOVERY_MAX_EVENTS", key: "livingMapRecoveryMaxEvents", type: "integer 1..100000", fallback: "5000", doc: "Most events a stream reconnecting with `since` is sent; beyond it, a fresh snapshot instead.", parse: int(1, 100_000) },
   {
     env: "AGENTS_TRANSPORT", key: "agentsTransport", type: "http, nats or off", fallback: "",
     doc: "How Second Me reaches Agents Core. Empty: `http` when AGENTS_SERVICE_URL is set, else `off`. `nats`: request/reply on AGENTS_INVOKE_SUBJECT (needs NATS_URL).",
@@ -337,6 +421,10 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if ((c.agentsTransport as string) === "auto") c.agentsTransport = c.agentsServiceUrl ? "http" : "off";
   if (c.agentsTransport === "http" && !c.agentsServiceUrl) throw new ConfigError("config: AGENTS_TRANSPORT=http needs AGENTS_SERVICE_URL");
   if (c.agentsTransport === "nats" && !c.natsUrl) throw new ConfigError("config: AGENTS_TRANSPORT=nats needs NATS_URL");
+  // One stream and consumer per subject prefix, so cities (or test runs) on one NATS never share them.
+  const tag = c.natsSubjectPrefix.replace(/\./g, "_");
+  if (!c.livingMapStream) c.livingMapStream = tag ? `LIVING_MAP_${tag}` : "LIVING_MAP";
+  if (!c.livingMapConsumer) c.livingMapConsumer = tag ? `living-map-${tag}` : "living-map";
   if (c.shutdownDrainDelayMs >= c.shutdownTimeoutMs) {
     throw new ConfigError(`config: SHUTDOWN_DRAIN_DELAY_MS (${c.shutdownDrainDelayMs}) must be shorter than SHUTDOWN_TIMEOUT_MS (${c.shutdownTimeoutMs})`);
   }

@@ -4,12 +4,14 @@
  *   daarion-city [serve]            start the server (migrations are applied first)
  *   daarion-city migrate            apply pending migrations and exit
  *   daarion-city token <user_id>    print a bearer token for user_id (HS256, JWT_SECRET or DATA_DIR/jwt-secret)
+ *   daarion-city simulate           publish living-map traffic on NATS_URL (demos, load)
  * SIGTERM/SIGINT stop the server gracefully: sockets closed with 1001, writes drained, exit 0.
  */
 import { resolveSecret, signToken } from "./auth/tokens.ts";
 import { openStore, startCity, VERSION } from "./bootstrap.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger } from "./log.ts";
+import { simulate } from "./simulate.ts";
 
 const USAGE = `daarion-city ${VERSION}: the DAARION City realtime backend
 
@@ -18,6 +20,8 @@ usage:
   daarion-city migrate                 apply pending migrations and exit
   daarion-city token <user_id> [--ttl <seconds>]
                                        print a bearer token for user_id (default ttl 30 days)
+  daarion-city simulate [--rate <events/s>] [--duration <s>] [--nodes <n>] [--agents <n>] [--seed <n>]
+                                       publish living-map traffic on NATS_URL (default 50/s, forever)
   daarion-city --version | --help
 
 Configuration comes from the environment; see README "Configuration".`;
@@ -76,16 +80,39 @@ async function token(config: Config, args: string[]): Promise<void> {
   console.log(await signToken(secret, userId, ttl, { issuer: config.jwtIssuer, audience: config.jwtAudience }));
 }
 
+async function simulateCommand(config: Config, args: string[]): Promise<void> {
+  if (!config.natsUrl) throw new UsageError("simulate: needs NATS_URL (the map hears events on NATS; a binary without NATS has only its own)");
+  const opt = (name: string, fallback: number, min: number, max: number) => {
+    const i = args.indexOf(`--${name}`);
+    if (i < 0) return fallback;
+    const v = Number(args[i + 1]);
+    if (!Number.isFinite(v) || v < min || v > max) throw new UsageError(`simulate: --${name} must be a number in ${min}..${max}, got ${JSON.stringify(args[i + 1])}`);
+    return v;
+  };
+  const rate = opt("rate", 50, 0.1, 1_000_000);
+  const duration = opt("duration", 0, 0, 31_536_000);
+  const nodes = opt("nodes", 8, 0, 100_000);
+  const agents = opt("agents", 20, 0, 100_000);
+  const seed = opt("seed", Date.now() % 2 ** 31, 0, 2 ** 31);
+  console.log(`simulate: ${rate} events/s on ${config.natsUrl}${config.natsSubjectPrefix ? ` (prefix ${config.natsSubjectPrefix})` : ""}, ${nodes} nodes, ${agents} agents, seed ${seed}`);
+  const sent = await simulate({
+    url: config.natsUrl, prefix: config.natsSubjectPrefix, rate, durationMs: duration > 0 ? duration * 1000 : null, nodes, agents, seed,
+    onProgress: (n) => process.stdout.write(`\rsimulate: ${n} events sent`),
+  });
+  console.log(`\nsimulate: done, ${sent} events sent`);
+}
+
 class UsageError extends Error {}
 
 async function main(argv: string[]): Promise<void> {
   const [command = "serve", ...rest] = argv;
   if (command === "--help" || command === "-h" || command === "help") return void console.log(USAGE);
   if (command === "--version" || command === "-v") return void console.log(VERSION);
-  if (!["serve", "migrate", "token"].includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
+  if (!["serve", "migrate", "token", "simulate"].includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
   const config = loadConfig();
   if (command === "serve") return serve(config);
   if (command === "migrate") return migrate(config);
+  if (command === "simulate") return simulateCommand(config, rest);
   return token(config, rest);
 }
 

@@ -17,6 +17,8 @@ export const ERROR_STATUS = {
   room_not_found: 404,
   /** No such route. */
   route_not_found: 404,
+  /** No such entity on the living map. */
+  entity_not_found: 404,
   /** `POST /city/rooms` with a slug that another room already has. */
   slug_taken: 409,
   /** The request body is larger than HTTP_MAX_BODY_BYTES. */

@@ -8,6 +8,7 @@ import type { Broker } from "../engine/broker/broker.ts";
 import type { Hub } from "../engine/hub.ts";
 import type { PresenceTracker } from "../engine/presence/presence.ts";
 import type { RoomStreams } from "../engine/streams.ts";
+import type { LivingMapService } from "../modules/living-map/service.ts";
 
 /** What the metrics read; each is optional so a partial city (tests) can still expose some. */
 export interface MetricsSources {
@@ -17,6 +18,7 @@ export interface MetricsSources {
   broker?: Broker;
   /** The presence service's counters. */
   presenceEvents?: { countsPublished: number; countsApplied: number; badEvents: number };
+  livingMap?: LivingMapService;
 }
 
 export interface CityMetrics {
@@ -75,6 +77,36 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
     mirror("daarion_city_presence_counts_published_total", "Room count changes this instance published (city.presence.room.<slug>)", () => pe.countsPublished);
     mirror("daarion_city_presence_counts_applied_total", "Room count changes applied from other instances", () => pe.countsApplied);
     mirror("daarion_city_broker_bad_events_total", "Malformed broker events ignored", () => pe.badEvents);
+  }
+  const map = deps.livingMap;
+  if (map) {
+    mirror("daarion_city_living_map_events_received_total", "Living map events received from the bus (before checks)", () => map.stats.received);
+    mirror("daarion_city_living_map_events_applied_total", "Living map events applied to this instance's scene and streamed", () => map.stats.applied);
+    mirror("daarion_city_living_map_events_stored_total", "Living map events this instance wrote to the history", () => map.stats.stored);
+    mirror("daarion_city_living_map_events_dropped_total", "Living map events dropped because the history fell too far behind", () => map.stats.dropped);
+    mirror("daarion_city_living_map_history_write_failures_total", "Failed history writes (retried)", () => map.stats.storeFailures);
+    mirror("daarion_city_living_map_snapshots_saved_total", "Scene snapshots saved", () => map.stats.snapshotsSaved);
+    const seen = new Map<string, number>();
+    new Counter({
+      name: "daarion_city_living_map_bad_events_total", help: "Malformed or oversize NATS payloads ignored, by subject family and reason", labelNames: ["family", "reason"],
+      registers: [registry],
+      collect() {
+        for (const [key, n] of map.stats.bad) {
+          const [family, reason] = key.split("|") as [string, string];
+          const prev = seen.get(key) ?? 0;
+          if (n > prev) this.inc({ family, reason }, n - prev);
+          seen.set(key, n);
+        }
+      },
+    });
+    new Gauge({
+      name: "daarion_city_living_map_source_up", help: "1 when a living map upstream's last fetch worked (0: stale or unavailable; absent: not configured)",
+      labelNames: ["source"], registers: [registry],
+      collect() {
+        for (const s of map.scene.sourceStatuses()) if (s.status !== "not_configured") this.set({ source: s.name }, s.status === "ok" ? 1 : 0);
+      },
+    });
+    gauge("daarion_city_living_map_scene_version", "Changes of the living map's scene so far", () => map.scene.changes);
   }
   const messages = new Counter({ name: "daarion_city_room_messages_total", help: "Room messages committed and published here", registers: [registry] });
   return { registry, messages };

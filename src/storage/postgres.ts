@@ -6,7 +6,7 @@
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
 import type {
-  FeedEvent, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 
 export interface PostgresStoreOptions {
@@ -166,6 +166,73 @@ export class PostgresStore implements Store {
     return [...(await this.sql<RoomMatrixMapping[]>`select id, slug, matrix_room_id, matrix_room_alias from city_rooms order by slug`)];
   }
 
+  async messageCountsSince(since: string): Promise<Map<string, number>> {
+    const rows = await this.sql<{ room_id: string; n: string }[]>`
+      select room_id, count(*)::text as n from city_room_messages where created_at >= ${since} group by room_id`;
+    return new Map(rows.map((r) => [r.room_id, Number(r.n)]));
+  }
+
+  async appendLivingMapEvents(events: LivingMapEventWrite[]): Promise<number> {
+    if (events.length === 0) return 0;
+    const res = await this.sql`
+      insert into living_map_history (id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq)
+      select * from unnest(
+        ${events.map((e) => e.id)}::uuid[], ${events.map((e) => e.timestamp)}::timestamptz[], ${events.map((e) => e.event_type)}::text[],
+        ${events.map((e) => JSON.stringify(e.payload))}::text[]::jsonb[], ${events.map((e) => e.source)}::text[],
+        ${events.map((e) => e.entity_id)}::text[], ${events.map((e) => e.entity_type)}::text[], ${events.map((e) => e.stream_seq)}::bigint[])
+      on conflict do nothing`;
+    return res.count;
+  }
+
+  async listLivingMapHistory(q: { since?: string; beforeSeq?: number; limit: number }): Promise<LivingMapEvent[]> {
+    const since = q.since ?? null;
+    const before = q.beforeSeq ?? null;
+    const rows = await this.sql<LivingMapRowPg[]>`
+      select id, seq, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq from living_map_history
+      where (${since}::timestamptz is null or timestamp >= ${since}) and (${before}::bigint is null or seq < ${before})
+      order by seq desc limit ${q.limit}`;
+    return rows.map(toLivingMapEvent);
+  }
+
+  async livingMapEventsAfter(afterSeq: number, limit: number): Promise<LivingMapEvent[]> {
+    const rows = await this.sql<LivingMapRowPg[]>`
+      select id, seq, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq from living_map_history
+      where seq > ${afterSeq} order by seq limit ${limit}`;
+    return rows.map(toLivingMapEvent);
+  }
+
+  async livingMapEventSeq(id: string): Promise<number | null> {
+    if (!UUID_RE.test(id)) return null;
+    const [r] = await this.sql<{ seq: string }[]>`select seq::text from living_map_history where id = ${id}::uuid`;
+    return r ? Number(r.seq) : null;
+  }
+
+  async livingMapLastSeq(): Promise<{ seq: number; streamSeq: number | null }> {
+    const [r] = await this.sql<{ seq: string | null; s: string | null }[]>`select max(seq)::text as seq, max(stream_seq)::text as s from living_map_history`;
+    return { seq: Number(r!.seq ?? 0), streamSeq: r!.s === null ? null : Number(r!.s) };
+  }
+
+  async saveLivingMapSnapshot(s: LivingMapSnapshotRow): Promise<void> {
+    await this.sql`
+      insert into living_map_snapshots (created_at, last_event_seq, last_stream_seq, scene)
+      values (${s.createdAt}, ${s.lastEventSeq}, ${s.lastStreamSeq}, ${this.sql.json(s.scene as postgres.JSONValue)})`;
+  }
+
+  async latestLivingMapSnapshot(): Promise<LivingMapSnapshotRow | null> {
+    const [r] = await this.sql<{ created_at: Ts; last_event_seq: string; last_stream_seq: string | null; scene: unknown }[]>`
+      select created_at, last_event_seq::text, last_stream_seq::text, scene from living_map_snapshots order by id desc limit 1`;
+    return r ? { createdAt: iso(r.created_at), lastEventSeq: Number(r.last_event_seq), lastStreamSeq: r.last_stream_seq === null ? null : Number(r.last_stream_seq), scene: r.scene } : null;
+  }
+
+  async pruneLivingMap(olderThan: string, limit: number): Promise<number> {
+    return this.sql.begin(async (tx) => {
+      const res = await tx`
+        delete from living_map_history where seq in (select seq from living_map_history where timestamp < ${olderThan} order by seq limit ${limit})`;
+      await tx`delete from living_map_snapshots where created_at < ${olderThan} and id < (select max(id) from living_map_snapshots)`;
+      return res.count;
+    });
+  }
+
   async secondmeSession(userId: string, fresh: { id: string; created_at: string }): Promise<string> {
     const [row] = await this.sql<{ id: string }[]>`
       with existing as (select id from secondme_sessions where user_id = ${userId} order by id desc limit 1),
@@ -243,6 +310,19 @@ function toRoom(r: RoomRowPg): Room {
     matrix_room_alias: r.matrix_room_alias,
   };
 }
+
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+interface LivingMapRowPg extends Omit<LivingMapEvent, "timestamp" | "seq" | "stream_seq"> {
+  seq: string | number;
+  stream_seq: string | number | null;
+  timestamp: Ts;
+}
+
+const toLivingMapEvent = (r: LivingMapRowPg): LivingMapEvent => ({
+  id: r.id, seq: Number(r.seq), timestamp: iso(r.timestamp), event_type: r.event_type, payload: r.payload, source: r.source, entity_id: r.entity_id,
+  entity_type: r.entity_type, stream_seq: r.stream_seq === null ? null : Number(r.stream_seq),
+});
 
 interface MessageRowPg extends Omit<Message, "created_at" | "seq"> {
   seq: string | number;

@@ -3,7 +3,7 @@
  * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
  */
 import type { Database } from "bun:sqlite";
-import type { FeedEvent, MessageWrite, NewMessage, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
+import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
 /** Opens the pragmas every connection to the city database uses. */
 export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
@@ -24,6 +24,11 @@ export interface SqliteWrites {
   clearSecondme(userId: string): number;
   /** Writes the health row (readiness: a full disk fails here). */
   probeWrite(at: string): void;
+  /** @returns how many were new */
+  appendLivingMapEvents(events: LivingMapEventWrite[]): number;
+  saveLivingMapSnapshot(s: LivingMapSnapshotRow): void;
+  /** @returns events deleted */
+  pruneLivingMap(olderThan: string, limit: number): number;
 }
 
 export type SqliteWriteOp = keyof SqliteWrites;
@@ -79,7 +84,33 @@ export function sqliteWrites(db: Database): SqliteWrites {
     db.query("delete from secondme_sessions where user_id = ?").run(userId);
     return n;
   });
+  const appendEvents = db.transaction((events: LivingMapEventWrite[]) => {
+    // Prepared here, not up front: the writer opens before the migrations create the table.
+    const insertEvent2 = db.query(
+      `insert into living_map_history (id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq)
+       values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
+    );
+    let n = 0;
+    for (const e of events) {
+      n += insertEvent2.run(e.id, e.timestamp, e.event_type, JSON.stringify(e.payload), e.source, e.entity_id, e.entity_type, e.stream_seq).changes;
+    }
+    return n;
+  });
+  const prune = db.transaction((olderThan: string, limit: number) => {
+    const n = db
+      .query("delete from living_map_history where seq in (select seq from living_map_history where timestamp < ? order by seq limit ?)")
+      .run(olderThan, limit).changes;
+    db.query("delete from living_map_snapshots where created_at < ? and id < (select max(id) from living_map_snapshots)").run(olderThan);
+    return n;
+  });
   return {
+    appendLivingMapEvents: (events) => appendEvents(events),
+    saveLivingMapSnapshot: (s) => {
+      db.query("insert into living_map_snapshots (created_at, last_event_seq, last_stream_seq, scene) values (?, ?, ?, ?)").run(
+        s.createdAt, s.lastEventSeq, s.lastStreamSeq, JSON.stringify(s.scene),
+      );
+    },
+    pruneLivingMap: (olderThan, limit) => prune(olderThan, limit),
     appendMessages: (roomId, b) => append(roomId, b),
     createRoom: (r, seed) => create(r, seed),
     secondmeSession: (u, fresh) => session(u, fresh),

@@ -13,11 +13,19 @@ import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
 import { configureConnection, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
 import type {
-  FeedEvent, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 
 const MESSAGE_SELECT = `select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
   where room_id = ?1 and (?2 is null or seq < ?2) and (?3 is null or seq > ?3)`;
+
+const LIVING_MAP_SELECT = "select id, seq, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq from living_map_history";
+
+interface LivingMapRow extends Omit<LivingMapEvent, "payload"> {
+  payload: string;
+}
+
+const toLivingMapEvent = (r: LivingMapRow): LivingMapEvent => ({ ...r, payload: JSON.parse(r.payload) as Record<string, unknown> });
 
 interface RoomRow extends Omit<Room, "is_default"> {
   is_default: number;
@@ -161,6 +169,57 @@ export class SqliteStore implements Store {
     return this.db
       .query<RoomMatrixMapping, []>("select id, slug, matrix_room_id, matrix_room_alias from city_rooms order by slug")
       .all();
+  }
+
+  async messageCountsSince(since: string): Promise<Map<string, number>> {
+    const rows = this.db
+      .query<{ room_id: string; n: number }, [string]>("select room_id, count(*) as n from city_room_messages where created_at >= ? group by room_id")
+      .all(since);
+    return new Map(rows.map((r) => [r.room_id, r.n]));
+  }
+
+  appendLivingMapEvents(events: LivingMapEventWrite[]): Promise<number> {
+    if (events.length === 0) return Promise.resolve(0);
+    return this.writer.run("appendLivingMapEvents", events);
+  }
+
+  async listLivingMapHistory(q: { since?: string; beforeSeq?: number; limit: number }): Promise<LivingMapEvent[]> {
+    return this.db
+      .query<LivingMapRow, [string | null, number | null, number]>(
+        `${LIVING_MAP_SELECT} where (?1 is null or timestamp >= ?1) and (?2 is null or seq < ?2) order by seq desc limit ?3`,
+      )
+      .all(q.since ?? null, q.beforeSeq ?? null, q.limit)
+      .map(toLivingMapEvent);
+  }
+
+  async livingMapEventsAfter(afterSeq: number, limit: number): Promise<LivingMapEvent[]> {
+    return this.db.query<LivingMapRow, [number, number]>(`${LIVING_MAP_SELECT} where seq > ? order by seq limit ?`).all(afterSeq, limit).map(toLivingMapEvent);
+  }
+
+  async livingMapEventSeq(id: string): Promise<number | null> {
+    return this.db.query<{ seq: number }, [string]>("select seq from living_map_history where id = ?").get(id)?.seq ?? null;
+  }
+
+  async livingMapLastSeq(): Promise<{ seq: number; streamSeq: number | null }> {
+    const r = this.db.query<{ seq: number | null; s: number | null }, []>("select max(seq) as seq, max(stream_seq) as s from living_map_history").get()!;
+    return { seq: r.seq ?? 0, streamSeq: r.s };
+  }
+
+  async saveLivingMapSnapshot(s: LivingMapSnapshotRow): Promise<void> {
+    await this.writer.run("saveLivingMapSnapshot", s);
+  }
+
+  async latestLivingMapSnapshot(): Promise<LivingMapSnapshotRow | null> {
+    const r = this.db
+      .query<{ created_at: string; last_event_seq: number; last_stream_seq: number | null; scene: string }, []>(
+        "select created_at, last_event_seq, last_stream_seq, scene from living_map_snapshots order by id desc limit 1",
+      )
+      .get();
+    return r ? { createdAt: r.created_at, lastEventSeq: r.last_event_seq, lastStreamSeq: r.last_stream_seq, scene: JSON.parse(r.scene) } : null;
+  }
+
+  pruneLivingMap(olderThan: string, limit: number): Promise<number> {
+    return this.writer.run("pruneLivingMap", olderThan, limit);
   }
 
   secondmeSession(userId: string, fresh: { id: string; created_at: string }): Promise<string> {

@@ -115,6 +115,38 @@ export interface MessageQuery {
   oldest?: boolean;
 }
 
+/** Where a living-map event came from: the JetStream durable consumer, core NATS, or this process. */
+export type LivingMapSource = "jetstream" | "nats" | "local";
+
+/** One event of the living map's log (seed 004 §5, with seed 002's source and entity columns). */
+export interface LivingMapEvent {
+  /** A UUID (`evt-` free, as seed 004's `id UUID`). */
+  id: string;
+  /** Its place in the log (insertion order): the cursor of paging and stream replay. */
+  seq: number;
+  timestamp: string;
+  /** The NATS subject it came on (e.g. `node.metrics.gpu-1`). */
+  event_type: string;
+  payload: Record<string, unknown>;
+  source: LivingMapSource;
+  entity_id: string | null;
+  entity_type: string | null;
+  /** Its JetStream sequence, when it came through the durable consumer. */
+  stream_seq: number | null;
+}
+
+export type LivingMapEventWrite = Omit<LivingMapEvent, "seq">;
+
+/** A saved picture of the living map's scene, to warm a starting instance. */
+export interface LivingMapSnapshotRow {
+  scene: unknown;
+  /** The scene includes every logged event up to this seq … */
+  lastEventSeq: number;
+  /** … and, with JetStream, every stream message up to this sequence. */
+  lastStreamSeq: number | null;
+  createdAt: string;
+}
+
 export interface Store {
   /** Which engine this is, for `/readyz` and logs. */
   readonly engine: "postgres" | "sqlite";
@@ -170,6 +202,42 @@ export interface Store {
 
   /** Every room's Matrix mapping, ordered by slug (seed 003 `GET /internal/city/rooms`). */
   listRoomMatrixMappings(): Promise<RoomMatrixMapping[]>;
+
+  /** Messages per room written at or after `since` (ISO time); rooms without any are left out. */
+  messageCountsSince(since: string): Promise<Map<string, number>>;
+
+  // ---- Living Map (seed 004 §5) ----
+
+  /**
+   * Appends events to the log in one transaction, in array order; an event whose id (or JetStream
+   * sequence) is already there is skipped, so storing a batch twice is harmless.
+   * @returns how many were new
+   */
+  appendLivingMapEvents(events: LivingMapEventWrite[]): Promise<number>;
+
+  /** The log newest first: with `since` (ISO) only events at or after it, with `beforeSeq` only older ones. */
+  listLivingMapHistory(q: { since?: string; beforeSeq?: number; limit: number }): Promise<LivingMapEvent[]>;
+
+  /** Events logged after `afterSeq`, oldest first (stream replay, warming the scene). */
+  livingMapEventsAfter(afterSeq: number, limit: number): Promise<LivingMapEvent[]>;
+
+  /** The seq of event `id`; `null` when the log has no such event. */
+  livingMapEventSeq(id: string): Promise<number | null>;
+
+  /** The highest seq and JetStream sequence in the log (0 and null while it is empty). */
+  livingMapLastSeq(): Promise<{ seq: number; streamSeq: number | null }>;
+
+  saveLivingMapSnapshot(s: LivingMapSnapshotRow): Promise<void>;
+
+  /** The newest saved snapshot, or `null`. */
+  latestLivingMapSnapshot(): Promise<LivingMapSnapshotRow | null>;
+
+  /**
+   * Deletes up to `limit` events older than `olderThan` (ISO), and snapshots older than it but the
+   * newest one (retention).
+   * @returns events deleted
+   */
+  pruneLivingMap(olderThan: string, limit: number): Promise<number>;
 
   // ---- Second Me (seed 001 repository) ----
 

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { IdGenerator } from "../../src/ids.ts";
-import type { FeedEvent, Message, MessageWrite, NewMessage, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
+import type { FeedEvent, LivingMapEventWrite, Message, MessageWrite, NewMessage, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
 import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 
 /** One throwaway database of an implementation. */
@@ -318,6 +318,72 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
         { id: `room_city_atomic-${s}`, slug: `atomic-${s}`, matrix_room_id: null, matrix_room_alias: null },
         { id: `room_city_energy-${s}`, slug: `energy-${s}`, matrix_room_id: "!abc:daarion.space", matrix_room_alias: "#city_energy:daarion.space" },
       ]);
+    });
+
+    test("messageCountsSince counts each room's messages from a time on", async () => {
+      const [a, b] = [await newRoom(), await newRoom()];
+      const t0 = new Date(clock + 1).toISOString();
+      await store.appendMessages(a.id, writes([message(a.id, "1"), message(a.id, "2")]));
+      await store.appendMessages(b.id, writes([message(b.id, "3")]));
+      const counts = await store.messageCountsSince(t0);
+      expect([counts.get(a.id), counts.get(b.id)]).toEqual([2, 1]);
+      expect((await store.messageCountsSince(new Date(clock + 10_000).toISOString())).get(a.id)).toBeUndefined();
+    });
+
+    describe("living map log", () => {
+      const lmEvent = (i: number, extra: Partial<LivingMapEventWrite> = {}): LivingMapEventWrite => ({
+        id: crypto.randomUUID(), timestamp: new Date(Date.UTC(2026, 0, 2, 0, 0, i)).toISOString(), event_type: `node.metrics.n${i}`,
+        payload: { node_id: `n${i}`, cpu: i / 10, nested: { ok: true } }, source: "local", entity_id: `node:n${i}`, entity_type: "node", stream_seq: null, ...extra,
+      });
+
+      test("append keeps order, skips an id or a stream sequence it already has, and pages newest first", async () => {
+        const db = await harness!.database();
+        const s = await db.open();
+        try {
+          await s.migrate();
+          const events = Array.from({ length: 10 }, (_, i) => lmEvent(i, { stream_seq: 100 + i, source: "jetstream" }));
+          expect(await s.appendLivingMapEvents(events.slice(0, 6))).toBe(6);
+          // a redelivered batch (same ids, same stream sequences) and a new id on a known stream seq
+          expect(await s.appendLivingMapEvents([...events.slice(4, 10), { ...lmEvent(99), stream_seq: 101 }])).toBe(4);
+          expect(await s.livingMapLastSeq()).toEqual({ seq: expect.any(Number), streamSeq: 109 });
+          const newest = await s.listLivingMapHistory({ limit: 3 });
+          expect(newest.map((e) => e.event_type)).toEqual(["node.metrics.n9", "node.metrics.n8", "node.metrics.n7"]);
+          expect(newest[0]).toEqual({ ...events[9]!, seq: newest[0]!.seq });
+          const older = await s.listLivingMapHistory({ limit: 3, beforeSeq: newest[2]!.seq });
+          expect(older.map((e) => e.event_type)).toEqual(["node.metrics.n6", "node.metrics.n5", "node.metrics.n4"]);
+          const since = await s.listLivingMapHistory({ since: events[8]!.timestamp, limit: 100 });
+          expect(since.map((e) => e.event_type)).toEqual(["node.metrics.n9", "node.metrics.n8"]);
+          const seq3 = await s.livingMapEventSeq(events[3]!.id);
+          expect((await s.livingMapEventsAfter(seq3!, 2)).map((e) => e.event_type)).toEqual(["node.metrics.n4", "node.metrics.n5"]);
+          expect(await s.livingMapEventSeq(crypto.randomUUID())).toBeNull();
+          expect(await s.livingMapEventSeq("not-a-uuid")).toBeNull();
+        } finally {
+          await s.close();
+          await db.drop();
+        }
+      });
+
+      test("snapshots: the newest comes back; retention prunes old events and old snapshots but the newest", async () => {
+        const db = await harness!.database();
+        const s = await db.open();
+        try {
+          await s.migrate();
+          expect(await s.latestLivingMapSnapshot()).toBeNull();
+          const at = (d: number) => new Date(Date.UTC(2026, 0, d)).toISOString();
+          await s.saveLivingMapSnapshot({ scene: { v: 1 }, lastEventSeq: 1, lastStreamSeq: null, createdAt: at(1) });
+          await s.saveLivingMapSnapshot({ scene: { v: 2, layers: { nodes: [{ id: "node:x" }] } }, lastEventSeq: 7, lastStreamSeq: 70, createdAt: at(2) });
+          expect(await s.latestLivingMapSnapshot()).toEqual({ scene: { v: 2, layers: { nodes: [{ id: "node:x" }] } }, lastEventSeq: 7, lastStreamSeq: 70, createdAt: at(2) });
+          await s.appendLivingMapEvents([lmEvent(1, { timestamp: at(1) }), lmEvent(2, { timestamp: at(1) }), lmEvent(3, { timestamp: at(5) })]);
+          expect(await s.pruneLivingMap(at(3), 1)).toBe(1);
+          expect(await s.pruneLivingMap(at(3), 100)).toBe(1);
+          expect((await s.listLivingMapHistory({ limit: 10 })).map((e) => e.event_type)).toEqual(["node.metrics.n3"]);
+          // both snapshots are older than the cut, but the newest is always kept
+          expect((await s.latestLivingMapSnapshot())!.lastEventSeq).toBe(7);
+        } finally {
+          await s.close();
+          await db.drop();
+        }
+      });
     });
   });
 }

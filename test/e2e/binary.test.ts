@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
-import { createTestDatabase, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
+import { createTestDatabase, deleteLivingMapStream, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
 import { TestSocket } from "../helpers/city.ts";
 
 const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-"));
@@ -92,7 +92,7 @@ describe("compiled binary: command line", () => {
   test("migrate applies once, then reports up to date", () => {
     const env = { PATH: process.env.PATH ?? "", DATA_DIR: mkdtempSync(path.join(work, "mig-")) };
     const first = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
-    expect(first.stdout.toString().trim()).toBe("migrate: applied 0001_city, 0002_secondme_status, 0003_room_seq, 0004_health on sqlite");
+    expect(first.stdout.toString().trim()).toBe("migrate: applied 0001_city, 0002_secondme_status, 0003_room_seq, 0004_health, 0005_living_map on sqlite");
     const second = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
     expect(second.stdout.toString().trim()).toBe("migrate: sqlite is up to date");
   });
@@ -186,6 +186,7 @@ describe.skipIf(!redisUrl)("compiled binary: presence on Redis", () => {
       for (const s of opened) s.close();
       expect((await stop(a)).code).toBe(0);
       expect((await stop(b)).code).toBe(0);
+      if (shared.NATS_URL) await deleteLivingMapStream(shared.NATS_URL, shared.NATS_SUBJECT_PREFIX);
     }
   }, 30_000);
 });
@@ -196,6 +197,7 @@ describe("compiled binary: Second Me", () => {
       hostname: "127.0.0.1",
       port: 0,
       async fetch(req) {
+        if (req.method !== "POST") return new Response("not here", { status: 404 }); // the living map's GET /agents
         const body = (await req.json()) as { input: string; context: { user_id: string } };
         return Response.json({ reply: `Привіт, ${body.context.user_id}: ${body.input}` });
       },

@@ -12,7 +12,7 @@ import path from "node:path";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { ownNats } from "../helpers/own-engines.ts";
 import { TestSocket } from "../helpers/city.ts";
-import { createTestDatabase, deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestDatabase, deleteLivingMapStream, deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 
 const pg = engineUrl("DATABASE_URL", "three instances");
 const redis = engineUrl("REDIS_URL", "three instances");
@@ -80,6 +80,7 @@ describe.skipIf(!ready)("three instances on one PostgreSQL, Redis and NATS", () 
     for (const r of runs) if (r.proc.exitCode === null && !r.proc.killed) await stopBinary(r);
     await drop();
     await deleteRedisKeys(redis!, `${prefix}:`);
+    await deleteLivingMapStream(nats!, prefix);
     rmSync(work, { recursive: true, force: true });
   });
 

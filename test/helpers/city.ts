@@ -9,6 +9,7 @@ import { signToken } from "../../src/auth/tokens.ts";
 import { startCity, type CityInstance, type StartOptions } from "../../src/bootstrap.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
+import { deleteLivingMapStream } from "./engines.ts";
 
 export const TEST_SECRET = "test-secret-0123456789-abcdefghijklmnop";
 
@@ -50,6 +51,9 @@ export async function startTestCity(env: Record<string, string> = {}, opts: Part
     dispose: async () => {
       await city.stop();
       made.cleanup();
+      // The living map's JetStream stream of this prefix (a test prefix is never shared with a real city).
+      const c = made.config;
+      if (c.natsUrl && c.natsSubjectPrefix && c.livingMapJetstream === "auto") await deleteLivingMapStream(c.natsUrl, c.natsSubjectPrefix);
     },
   });
 }

@@ -84,3 +84,22 @@ export function storeVariants(suite: string): StoreVariant[] {
   }
   return variants;
 }
+
+/**
+ * Deletes the living map's JetStream stream of a subject prefix (its consumers go with it): what
+ * a test city on NATS created. Quiet when there is none.
+ */
+export async function deleteLivingMapStream(natsUrl: string, subjectPrefix: string): Promise<void> {
+  const { connect } = await import("nats");
+  const nc = await connect({ servers: natsUrl }).catch(() => null);
+  if (!nc) return;
+  try {
+    const jsm = await nc.jetstreamManager();
+    const tag = subjectPrefix.replace(/\./g, "_");
+    await jsm.streams.delete(tag ? `LIVING_MAP_${tag}` : "LIVING_MAP").catch(() => {});
+  } catch {
+    /* no JetStream */
+  } finally {
+    await nc.close();
+  }
+}

@@ -15,6 +15,8 @@ function agentsCore() {
     hostname: "127.0.0.1",
     port: 0,
     async fetch(req) {
+      // The living map reads the same agents-service (GET /agents): not an invoke.
+      if (req.method !== "POST") return new Response("not here", { status: 404 });
       const body = (await req.json()) as any;
       requests.push({ path: new URL(req.url).pathname, body });
       const prompt: string = body.input.split("\n").at(-1).replace(/^user: /, "");
@@ -29,18 +31,20 @@ function agentsCore() {
   return { url: `http://127.0.0.1:${server.port}`, requests, stop: () => server.stop(true) };
 }
 
-/** A TCP server that accepts and drops every connection, counting them (an agent that is down). */
+/**
+ * A TCP server that drops every connection once the request arrives, counting the POSTs (an agent
+ * that is down; the living map's GETs on the same agents-service are not counted).
+ */
 function droppingServer() {
   let connections = 0;
   const l = Bun.listen({
     hostname: "127.0.0.1",
     port: 0,
     socket: {
-      open(s) {
-        connections++;
+      data(s, d) {
+        if (d.toString("latin1").startsWith("POST")) connections++;
         s.end();
       },
-      data() {},
     },
   });
   return { url: `http://127.0.0.1:${l.port}`, connections: () => connections, stop: () => l.stop(true) };

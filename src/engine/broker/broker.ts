@@ -48,6 +48,45 @@ export interface Broker {
   close(): Promise<void>;
   /** One line for `/readyz` about how it is connected (e.g. where inbound subscriptions run). */
   detail?(): string;
+  /**
+   * JetStream, when the broker has it (NATS with `-js`); `null` when the server has none, and
+   * absent on the in-process broker. Used by the living map for a durable event log.
+   */
+  jetstream?(): Promise<EventStream | null>;
+}
+
+/** One message of a JetStream stream: its sequence in the stream, subject, payload and time (epoch ms). */
+export interface StreamEvent {
+  seq: number;
+  subject: string;
+  payload: string;
+  time: number;
+}
+
+/**
+ * A JetStream stream read two ways (its readers run in the bus worker; batches reach the main
+ * thread one at a time, the next only once the handler is done with the last).
+ */
+export interface EventStream {
+  /**
+   * Makes sure the stream (over `subjects`, messages kept `maxAgeMs`) and its durable consumer
+   * exist, creating or updating them.
+   * @returns the stream's last sequence
+   * @throws Error when JetStream refuses
+   */
+  ensure(o: { stream: string; subjects: string[]; maxAgeMs: number; consumer: string; ackWaitMs: number }): Promise<number>;
+  /**
+   * Pulls batches from the durable consumer (shared by every instance: each message goes to one).
+   * A batch is acknowledged when `handle` resolves; if it rejects, or the process dies first, its
+   * messages are delivered again after the consumer's ack wait.
+   * @returns a function that stops reading
+   */
+  durable(o: { stream: string; consumer: string; batch: number }, handle: (events: StreamEvent[]) => Promise<void>): () => void;
+  /**
+   * Reads every message of the stream in order, from `fromSeq` (0: from now on), on this instance.
+   * @returns a function that stops reading
+   */
+  ordered(o: { stream: string; fromSeq: number; batch: number }, handle: (events: StreamEvent[]) => void | Promise<void>): () => void;
 }
 
 export interface SubscribeOptions {

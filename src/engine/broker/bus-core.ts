@@ -10,6 +10,7 @@
  * NATS_BUS_WORKER=off, on the main thread, so the two can be measured against each other.
  */
 import { connect, Events, type NatsConnection, type Subscription } from "nats";
+import { BusJetStream, type JetStreamCommand, type JetStreamEvent } from "./bus-jetstream.ts";
 
 /** The header naming the instance that published a message. */
 export const ORIGIN_HEADER = "Dc-Origin";
@@ -22,7 +23,8 @@ export type BusCommand =
   | { t: "ack" }
   /** A round trip to the server; answered in line with the messages (see FLUSH_MARK). */
   | { t: "flush"; id: number }
-  | { t: "close" };
+  | { t: "close" }
+  | JetStreamCommand;
 
 /**
  * In a batch, a subscription id of -1 marks the answer to a `flush` (its payload is the flush id):
@@ -37,7 +39,8 @@ export type BusEvent =
   | { t: "opened" }
   | { t: "failed"; message: string }
   | { t: "beat" }
-  | { t: "closed" };
+  | { t: "closed" }
+  | JetStreamEvent;
 
 export class BusCore {
   private nc: NatsConnection | null = null;
@@ -50,7 +53,11 @@ export class BusCore {
   private batching = true;
   private maxQueue = 300_000;
 
-  constructor(private readonly emit: (e: BusEvent) => void) {}
+  private readonly js: BusJetStream;
+
+  constructor(private readonly emit: (e: BusEvent) => void) {
+    this.js = new BusJetStream(() => this.nc, () => this.prefix, emit);
+  }
 
   /** Runs one command; never throws (failures are reported as events). */
   async handle(cmd: BusCommand): Promise<void> {
@@ -78,9 +85,12 @@ export class BusCore {
         this.push(FLUSH_MARK, "", String(cmd.id));
         return;
       case "close":
+        this.js.stopAll();
         await this.close();
         this.emit({ t: "closed" });
         return;
+      default:
+        return this.js.handle(cmd);
     }
   }
 

@@ -15,7 +15,7 @@
  */
 import { connect, ErrorCode, Events, headers, type MsgHdrs, type NatsConnection, type NatsError } from "nats";
 import type { Logger } from "../../log.ts";
-import { BrokerRequestError, type Broker, type SubscribeOptions } from "./broker.ts";
+import { BrokerRequestError, type Broker, type EventStream, type StreamEvent, type SubscribeOptions } from "./broker.ts";
 import { BusCore, FLUSH_MARK, ORIGIN_HEADER, type BusCommand, type BusEvent } from "./bus-core.ts";
 
 export interface NatsBrokerOptions {
@@ -76,6 +76,11 @@ export class NatsBroker implements Broker {
   private closed = false;
   private readonly flushes = new Map<number, () => void>();
   private nextFlush = 1;
+  /** JetStream requests waiting for their result, by id. */
+  private readonly jsWaiting = new Map<number, { resolve(e: { ok: boolean; error?: string; available?: boolean; lastSeq?: number }): void }>();
+  /** Running JetStream readers, by id: made again when the bus worker is replaced. */
+  private readonly jsReaders = new Map<number, JsReader>();
+  private nextJs = 1;
   /** For /readyz and /metrics. */
   readonly stats = { batches: 0, delivered: 0, workerRestarts: 0, handlerErrors: 0 };
 
@@ -178,6 +183,36 @@ export class NatsBroker implements Broker {
     }
   }
 
+  async jetstream(): Promise<EventStream | null> {
+    const ask = (cmd: Record<string, unknown>) =>
+      new Promise<{ ok: boolean; error?: string; available?: boolean; lastSeq?: number }>((resolve) => {
+        const id = this.nextJs++;
+        this.jsWaiting.set(id, { resolve });
+        this.inbound?.send({ ...cmd, id } as BusCommand);
+      });
+    const probe = await ask({ t: "js.ensure", stream: "", subjects: [], maxAgeMs: 0, consumer: "", ackWaitMs: 0, probe: true });
+    if (probe.available === false) return null;
+    const reader = (cmd: (id: number, fromSeq: number) => BusCommand, handle: (events: StreamEvent[]) => void | Promise<void>) => {
+      const id = this.nextJs++;
+      const r = new JsReader(id, cmd, handle, (c) => this.inbound?.send(c), this.opts.log);
+      this.jsReaders.set(id, r);
+      this.inbound?.send(r.command());
+      return () => {
+        this.jsReaders.delete(id);
+        this.inbound?.send({ t: "js.stop", id });
+      };
+    };
+    return {
+      ensure: async (o) => {
+        const r = await ask({ t: "js.ensure", ...o });
+        if (!r.ok) throw new Error(`jetstream: ${r.error}`);
+        return r.lastSeq ?? 0;
+      },
+      durable: (o, handle) => reader((id) => ({ t: "js.durable", id, stream: o.stream, consumer: o.consumer, batch: o.batch }), handle),
+      ordered: (o, handle) => reader((id, from) => ({ t: "js.ordered", id, stream: o.stream, fromSeq: from || o.fromSeq, batch: o.batch }), handle),
+    };
+  }
+
   detail(): string {
     const where = this.inboundMode === "worker" ? "inbound in the bus worker" : "inbound on the main thread";
     const restarts = this.stats.workerRestarts ? `, ${this.stats.workerRestarts} worker restart(s)` : "";
@@ -227,6 +262,15 @@ export class NatsBroker implements Broker {
           return this.setInbound(e.state === "up");
         case "closed":
           return;
+        case "js.result":
+          this.jsWaiting.get(e.id)?.resolve(e);
+          this.jsWaiting.delete(e.id);
+          return;
+        case "js.batch":
+          return void this.jsReaders.get(e.id)?.deliver(e.batch, e.items);
+        case "js.error":
+          this.opts.log.warn("nats: jetstream reader trouble; it retries", { error: e.error });
+          return;
       }
     };
     this.inbound = this.inboundMode === "worker" ? this.workerInbound(onEvent) : this.mainInbound(onEvent);
@@ -249,6 +293,8 @@ export class NatsBroker implements Broker {
     void old.close();
     try {
       await this.openInbound();
+      const inbound = this.inbound as Inbound | null;
+      for (const r of this.jsReaders.values()) inbound?.send(r.command());
     } catch (err) {
       this.opts.log.error("nats: bus worker restart failed; retrying", { err });
       setTimeout(() => void this.restartInbound("restart failed"), 1000).unref?.();
@@ -348,6 +394,41 @@ export class NatsBroker implements Broker {
         this.opts.log.info("nats: reconnected", { server: s.data });
         this.emitIfChanged(before);
       }
+    }
+  }
+}
+
+/** One JetStream reader as the main thread sees it: hands batches to its handler, one at a time. */
+class JsReader {
+  /** The sequence after the last one handed over (an ordered reader made again resumes there). */
+  private next = 0;
+
+  constructor(
+    private readonly id: number,
+    private readonly make: (id: number, fromSeq: number) => BusCommand,
+    private readonly handle: (events: StreamEvent[]) => void | Promise<void>,
+    private readonly send: (c: BusCommand) => void,
+    private readonly log: Logger,
+  ) {}
+
+  command(): BusCommand {
+    return this.make(this.id, this.next);
+  }
+
+  async deliver(batch: number, items: (number | string)[]): Promise<void> {
+    const events: StreamEvent[] = [];
+    for (let i = 0; i < items.length; i += 4) {
+      events.push({ seq: items[i] as number, subject: items[i + 1] as string, payload: items[i + 2] as string, time: items[i + 3] as number });
+    }
+    try {
+      await this.handle(events);
+      this.next = events[events.length - 1]!.seq + 1;
+      this.send({ t: "js.done", id: this.id, batch });
+    } catch (err) {
+      // Not done: a durable batch stays unacknowledged and comes back after the ack wait.
+      this.log.warn("nats: a jetstream batch was not handled; it will be delivered again", { err });
+      this.send({ t: "js.stop", id: this.id });
+      setTimeout(() => this.send(this.command()), 1000).unref?.();
     }
   }
 }

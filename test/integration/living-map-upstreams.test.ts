@@ -1,0 +1,102 @@
+/**
+ * The living map's upstreams against real HTTP servers started here: a healthy space-service, a
+ * slow agents-service, a failing dao-service, a microdao-service answering garbage, and no
+ * usage-engine. The snapshot tells the truth about each, never waits on them, keeps last-known
+ * data marked stale, and the circuit breaker stops hammering the failing one.
+ */
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { startTestCity, waitFor, type TestCity } from "../helpers/city.ts";
+
+describe("living map upstreams", () => {
+  let spaceUp = true;
+  const hits = { space: 0, agents: 0, dao: 0, microdao: 0 };
+  const space = Bun.serve({
+    hostname: "127.0.0.1", port: 0,
+    fetch(req) {
+      hits.space++;
+      if (!spaceUp) return new Response("down for maintenance", { status: 503 });
+      if (new URL(req.url).pathname !== "/api/space/scene") return new Response("no", { status: 404 });
+      return Response.json({
+        planets: [{ id: "daarion-core", name: "DAARION CORE", type: "dao", orbits: ["node:gpu-1"], status: "active" }, { name: "no id, skipped" }],
+        nodes: [{ id: "gpu-1", name: "NODE1", cpu: 0.42, gpu: 0.77, memory: 0.63, alerts: [] }],
+      });
+    },
+  });
+  const agents = Bun.serve({
+    hostname: "127.0.0.1", port: 0,
+    async fetch() {
+      hits.agents++;
+      await Bun.sleep(3000);
+      return Response.json([{ id: "sofia" }]);
+    },
+  });
+  const dao = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => (hits.dao++, new Response("boom", { status: 500 })) });
+  const microdao = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => (hits.microdao++, new Response("<html>not json</html>", { headers: { "content-type": "text/html" } })) });
+  const url = (s: { port: number | undefined }) => `http://127.0.0.1:${s.port}`;
+  let city: TestCity;
+  let token: string;
+  const snapshot = async () => (await (await city.http("/living-map/snapshot", { token })).json()) as any;
+  const sources = async () => Object.fromEntries((await snapshot()).meta.sources.map((s: any) => [s.name, s]));
+
+  beforeAll(async () => {
+    city = await startTestCity({
+      SPACE_SERVICE_URL: url(space), AGENTS_SERVICE_URL: url(agents), DAO_SERVICE_URL: url(dao), MICRODAO_SERVICE_URL: url(microdao),
+      LIVING_MAP_UPSTREAM_TIMEOUT_MS: "200", LIVING_MAP_REFRESH_MS: "1000", LIVING_MAP_BREAKER_OPEN_MS: "3000",
+    });
+    token = await city.token("u_upstreams");
+  });
+  afterAll(async () => {
+    await city.dispose();
+    for (const s of [space, agents, dao, microdao]) s.stop(true);
+  });
+
+  test("meta.sources says what each upstream gave; the healthy one's data is on the map, nothing invented for the rest", async () => {
+    const all = await waitFor(sources, (x: any) => Object.values(x).every((v: any) => v.error !== "not fetched yet"), 5000);
+    expect(all["space-service"]).toMatchObject({ status: "ok", fetched_at: expect.any(String), error: "1 item(s) without an id skipped" });
+    expect(all["agents-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: "timed out" });
+    expect(all["dao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringContaining("HTTP 500") });
+    expect(all["microdao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringContaining("not JSON") });
+    expect(all["usage-engine"]).toEqual({ name: "usage-engine", status: "not_configured", fetched_at: null });
+    expect(all["city-service"].status).toBe("ok");
+    const snap = await snapshot();
+    expect(snap.layers.space.planets).toEqual([{ id: "dao:daarion-core", name: "DAARION CORE", type: "dao", orbits: ["node:gpu-1"], status: "active" }]);
+    expect(snap.layers.nodes.items[0]).toMatchObject({ id: "node:gpu-1", name: "NODE1", metrics: { cpu: 0.42, gpu: 0.77, ram: 0.63 } });
+    expect(snap.layers.agents.items).toEqual([]);
+    expect(snap.layers.city.items).toEqual([]);
+    expect(snap.layers.city.health).toBe("yellow");
+    const entity = (await (await city.http("/living-map/entities/node:gpu-1", { token })).json()) as any;
+    expect(entity).toMatchObject({ id: "node:gpu-1", type: "node", layer: "nodes", data: { source: { id: "gpu-1", name: "NODE1" } } });
+  });
+
+  test("a snapshot never waits on an upstream, even while one hangs", async () => {
+    const times: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const t0 = performance.now();
+      expect((await city.http("/living-map/snapshot", { token })).status).toBe(200);
+      times.push(performance.now() - t0);
+    }
+    // the slow agents-service takes 3 s per request; no snapshot came near one attempt's timeout
+    expect(Math.max(...times)).toBeLessThan(200);
+  });
+
+  test("an upstream that stops answering keeps its last data, marked stale with when it was fetched", async () => {
+    const fetchedAt = (await sources())["space-service"].fetched_at as string;
+    spaceUp = false;
+    const stale = (await waitFor(sources, (x: any) => x["space-service"].status === "stale", 5000))["space-service"];
+    expect(stale.error).toContain("503");
+    expect(Date.parse(stale.fetched_at)).toBeGreaterThanOrEqual(Date.parse(fetchedAt));
+    expect((await snapshot()).layers.nodes.items.map((n: any) => n.id)).toEqual(["node:gpu-1"]);
+    spaceUp = true;
+    // back once its breaker lets an attempt through again (LIVING_MAP_BREAKER_OPEN_MS = 3 s here)
+    await waitFor(sources, (x: any) => x["space-service"].status === "ok", 8000);
+  });
+
+  test("the circuit breaker stops calling an upstream that keeps failing", async () => {
+    await waitFor(sources, (x: any) => /circuit open/.test(x["dao-service"].error ?? ""), 8000);
+    const at = hits.dao;
+    // two more refresh rounds (every second) inside the 3 s the breaker stays open: no request reaches it
+    await Bun.sleep(2100);
+    expect(hits.dao).toBeLessThanOrEqual(at + 1); // at most the one attempt a half-open breaker lets through
+    expect(hits.dao).toBeLessThan(at + 4);
+  });
+});
