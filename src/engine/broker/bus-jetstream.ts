@@ -132,31 +132,47 @@ export class BusJetStream {
   }
 
   /**
-   * Fetches up to `max` messages, hands them over as one batch, waits until the main thread is
-   * done (acking them on a durable consumer), and repeats until stopped.
+   * Consumes continuously; what arrives while the main thread works on a batch goes into the next
+   * one (at most `max`), handed over as soon as that batch is done (acknowledged first, on a
+   * durable consumer). A live event waits for no timer: it is handed over on the next microtask.
    */
   private loop(id: number, consumer: Consumer, max: number, ack: boolean): Reader {
     let stopped = false;
     let batchNo = 0;
-    let waiting: { n: number; msgs: JsMsg[]; resolve: () => void } | null = null;
-    let current: ConsumerMessages | null = null;
+    let pending: JsMsg[] = [];
+    let inFlight: { n: number; msgs: JsMsg[] } | null = null;
+    let scheduled = false;
+    let messages: ConsumerMessages | null = null;
+    // Backpressure: past `cap` waiting messages the reader stops pulling until the main thread catches up.
+    const cap = Math.max(max * 4, 400);
+    let resume: (() => void) | null = null;
     const cut = this.prefix().length;
+    const flush = () => {
+      scheduled = false;
+      if (stopped || inFlight || pending.length === 0) return;
+      const msgs = pending.slice(0, max);
+      pending = pending.slice(msgs.length);
+      const n = ++batchNo;
+      inFlight = { n, msgs };
+      const items: (number | string)[] = [];
+      for (const m of msgs) items.push(m.seq, m.subject.slice(cut), m.string(), Math.round(m.info.timestampNanos / 1_000_000));
+      this.emit({ t: "js.batch", id, batch: n, items });
+    };
+    const schedule = () => {
+      if (scheduled || inFlight) return;
+      scheduled = true;
+      queueMicrotask(flush);
+    };
     const run = async () => {
       while (!stopped) {
         try {
-          current = await consumer.fetch({ max_messages: max, expires: 1000 });
-          const msgs: JsMsg[] = [];
-          for await (const m of current) msgs.push(m);
-          current = null;
-          if (stopped || msgs.length === 0) continue;
-          const n = ++batchNo;
-          const items: (number | string)[] = [];
-          for (const m of msgs) items.push(m.seq, m.subject.slice(cut), m.string(), Math.round(m.info.timestampNanos / 1_000_000));
-          const done = new Promise<void>((resolve) => (waiting = { n, msgs, resolve }));
-          this.emit({ t: "js.batch", id, batch: n, items });
-          await done;
-          // Stopped meanwhile: leave them unacknowledged, so they are delivered again.
-          if (ack && !stopped) for (const m of msgs) m.ack();
+          messages = await consumer.consume({ max_messages: Math.max(max, 100) });
+          for await (const m of messages) {
+            if (stopped) break;
+            pending.push(m);
+            schedule();
+            if (pending.length >= cap) await new Promise<void>((r) => (resume = r));
+          }
         } catch (err) {
           if (stopped) return;
           this.emit({ t: "js.error", id, error: (err as Error).message });
@@ -167,16 +183,21 @@ export class BusJetStream {
     void run();
     return {
       stop() {
+        // Whatever was not handed over or not done stays unacknowledged: delivered again later.
         stopped = true;
-        void current?.close();
-        waiting?.resolve();
+        resume?.();
+        void messages?.close();
       },
       done(n) {
-        if (waiting && waiting.n === n) {
-          const w = waiting;
-          waiting = null;
-          w.resolve();
+        if (!inFlight || inFlight.n !== n) return;
+        if (ack && !stopped) for (const m of inFlight.msgs) m.ack();
+        inFlight = null;
+        if (resume && pending.length < cap) {
+          const r = resume;
+          resume = null;
+          r();
         }
+        schedule();
       },
     };
   }
