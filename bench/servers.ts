@@ -3,7 +3,7 @@
  * on the embedded default and on PostgreSQL, the raw Bun pub/sub ceiling, and Socket.IO on Node.
  * Also reads a process's CPU time and RSS from /proc.
  */
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import postgres from "postgres";
@@ -84,7 +84,7 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
   };
 }
 
-async function readListening(stream: ReadableStream<Uint8Array>, name: string): Promise<string> {
+export async function readListening(stream: ReadableStream<Uint8Array>, name: string): Promise<string> {
   const reader = stream.getReader();
   const dec = new TextDecoder();
   let buf = "";
@@ -136,6 +136,26 @@ export function cpuSeconds(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / TICKS;
+}
+
+/**
+ * CPU seconds (user + system) per thread name of a process (threads of one name summed; the
+ * binary's are `daarion-city` for the main thread and `Worker` for the bus and SQLite writer
+ * threads), the busiest first, those under 0.05 s left out.
+ */
+export function threadCpu(pid: number): Record<string, number> {
+  const by = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, "utf8").trim();
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8");
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      by.set(name, (by.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / TICKS);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return Object.fromEntries([...by].filter(([, s]) => s >= 0.05).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, Math.round(v * 100) / 100]));
 }
 
 /** Resident set size in bytes. */

@@ -30,6 +30,10 @@ export interface CityMetrics {
 export function createMetrics(deps: MetricsSources): CityMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: "daarion_city_" });
+  // Per heap space sizes come from a walk of the whole heap in Bun (v8.getHeapSpaceStatistics: 17 ms
+  // at 300k objects, more with more), which would stall every socket once per scrape. The totals
+  // (`nodejs_heap_size_*`, from process.memoryUsage) stay.
+  for (const kind of ["total", "used", "available"]) registry.removeSingleMetric(`daarion_city_nodejs_heap_space_size_${kind}_bytes`);
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
   /** A counter mirroring a monotonic number kept by the engine. */
@@ -88,7 +92,7 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
     mirror("daarion_city_living_map_snapshots_saved_total", "Scene snapshots saved", () => map.stats.snapshotsSaved);
     const seen = new Map<string, number>();
     new Counter({
-      name: "daarion_city_living_map_bad_events_total", help: "Malformed or oversize NATS payloads ignored, by subject family and reason", labelNames: ["family", "reason"],
+      name: "daarion_city_living_map_bad_events_total", help: "NATS payloads ignored (malformed, oversize) or left out of the history (unstorable: the store refused them), by subject family and reason", labelNames: ["family", "reason"],
       registers: [registry],
       collect() {
         for (const [key, n] of map.stats.bad) {

@@ -174,12 +174,22 @@ export class PostgresStore implements Store {
 
   async appendLivingMapEvents(events: LivingMapEventWrite[]): Promise<number> {
     if (events.length === 0) return 0;
+    // One JSON array, put together from text (payloads as they came off NATS): far cheaper than
+    // eight escaped arrays. Rows keep the array's order, so seq follows it.
+    let rows = "[";
+    for (let i = 0; i < events.length; i++) {
+      const e = events[i]!;
+      // id (a UUID), timestamp (ISO), source and entity_type (fixed words) never need escaping
+      rows += `${i ? "," : ""}{"id":"${e.id}","timestamp":"${e.timestamp}","event_type":${JSON.stringify(e.event_type)},"payload":${e.payloadJson ?? JSON.stringify(e.payload)},"source":"${e.source}","entity_id":${e.entity_id === null ? "null" : JSON.stringify(e.entity_id)},"entity_type":${e.entity_type === null ? "null" : `"${e.entity_type}"`},"stream_seq":${e.stream_seq ?? "null"}}`;
+    }
+    rows += "]";
     const res = await this.sql`
       insert into living_map_history (id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq)
-      select * from unnest(
-        ${events.map((e) => e.id)}::uuid[], ${events.map((e) => e.timestamp)}::timestamptz[], ${events.map((e) => e.event_type)}::text[],
-        ${events.map((e) => JSON.stringify(e.payload))}::text[]::jsonb[], ${events.map((e) => e.source)}::text[],
-        ${events.map((e) => e.entity_id)}::text[], ${events.map((e) => e.entity_type)}::text[], ${events.map((e) => e.stream_seq)}::bigint[])
+      select id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq
+      from rows from (jsonb_to_recordset(${rows}::text::jsonb)
+        as (id uuid, timestamp timestamptz, event_type text, payload jsonb, source text, entity_id text, entity_type text, stream_seq bigint)) with ordinality
+        as x(id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq, n)
+      order by n
       on conflict do nothing`;
     return res.count;
   }

@@ -5,6 +5,14 @@
 import type { Database } from "bun:sqlite";
 import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
+/** One living-map event as the values of its insert: id, timestamp, event_type, payload (JSON text), source, entity_id, entity_type, stream_seq. */
+export type LivingMapRowValues = [string, string, string, string, string, string | null, string | null, number | null];
+
+/** The insert values of `e` (its payload's JSON text as it came, when it has it). */
+export function livingMapRow(e: LivingMapEventWrite): LivingMapRowValues {
+  return [e.id, e.timestamp, e.event_type, e.payloadJson ?? JSON.stringify(e.payload), e.source, e.entity_id, e.entity_type, e.stream_seq];
+}
+
 /** Opens the pragmas every connection to the city database uses. */
 export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
   db.exec("PRAGMA journal_mode = WAL");
@@ -24,8 +32,8 @@ export interface SqliteWrites {
   clearSecondme(userId: string): number;
   /** Writes the health row (readiness: a full disk fails here). */
   probeWrite(at: string): void;
-  /** @returns how many were new */
-  appendLivingMapEvents(events: LivingMapEventWrite[]): number;
+  /** Rows as {@link livingMapRow} makes them (flat, cheap to hand to the writer thread). @returns how many were new */
+  appendLivingMapEvents(rows: LivingMapRowValues[]): number;
   saveLivingMapSnapshot(s: LivingMapSnapshotRow): void;
   /** @returns events deleted */
   pruneLivingMap(olderThan: string, limit: number): number;
@@ -84,16 +92,14 @@ export function sqliteWrites(db: Database): SqliteWrites {
     db.query("delete from secondme_sessions where user_id = ?").run(userId);
     return n;
   });
-  const appendEvents = db.transaction((events: LivingMapEventWrite[]) => {
+  const appendEvents = db.transaction((rows: LivingMapRowValues[]) => {
     // Prepared here, not up front: the writer opens before the migrations create the table.
     const insertEvent2 = db.query(
       `insert into living_map_history (id, timestamp, event_type, payload, source, entity_id, entity_type, stream_seq)
        values (?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing`,
     );
     let n = 0;
-    for (const e of events) {
-      n += insertEvent2.run(e.id, e.timestamp, e.event_type, JSON.stringify(e.payload), e.source, e.entity_id, e.entity_type, e.stream_seq).changes;
-    }
+    for (const r of rows) n += insertEvent2.run(...r).changes;
     return n;
   });
   const prune = db.transaction((olderThan: string, limit: number) => {

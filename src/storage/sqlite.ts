@@ -11,7 +11,7 @@ import { Database } from "bun:sqlite";
 import { mkdirSync, statfsSync } from "node:fs";
 import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
-import { configureConnection, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
+import { configureConnection, livingMapRow, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
 import type {
   FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
@@ -180,7 +180,7 @@ export class SqliteStore implements Store {
 
   appendLivingMapEvents(events: LivingMapEventWrite[]): Promise<number> {
     if (events.length === 0) return Promise.resolve(0);
-    return this.writer.run("appendLivingMapEvents", events);
+    return this.writer.run("appendLivingMapEvents", events.map(livingMapRow));
   }
 
   async listLivingMapHistory(q: { since?: string; beforeSeq?: number; limit: number }): Promise<LivingMapEvent[]> {

@@ -135,7 +135,10 @@ export interface LivingMapEvent {
   stream_seq: number | null;
 }
 
-export type LivingMapEventWrite = Omit<LivingMapEvent, "seq">;
+export type LivingMapEventWrite = Omit<LivingMapEvent, "seq"> & {
+  /** `payload` as JSON text, when the writer already has it (as it came off NATS): saves serialising it again. */
+  payloadJson?: string;
+};
 
 /** A saved picture of the living map's scene, to warm a starting instance. */
 export interface LivingMapSnapshotRow {

@@ -8,10 +8,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect, type NatsConnection } from "nats";
 import { MemoryBroker } from "../../src/engine/broker/memory.ts";
-import { engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestDatabase, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { startTestCity, testConfig, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const natsUrl = engineUrl("NATS_URL", "living map on NATS");
+const databaseUrl = engineUrl("DATABASE_URL", "living map on NATS, on PostgreSQL");
 
 describe.skipIf(!natsUrl)("living map on NATS", () => {
   let nc: NatsConnection;
@@ -69,10 +70,10 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
       expect(snap.layers.space.planets.find((p: any) => p.id === "dao:core")).toMatchObject({ type: "dao", status: "voting" });
       expect(snap.layers.city.items.find((m: any) => m.id === "microdao:7")).toMatchObject({ name: "DAARION City", agents: 9, nodes: 3 });
       expect(snap.layers.city.channels.find((c: any) => c.id === "channel:lobby").messages_last_hour).toBe(1);
-      // the refused ones, counted by family and reason
+      // the refused ones, counted once each (by the reader that moves the scene) by family and reason
       const metrics = await (await city.http("/metrics")).text();
       for (const [family, reason] of [["node.metrics", "not_json"], ["agent.event", "not_an_object"], ["dao.event", "oversize"]]) {
-        expect(metrics).toContain(`daarion_city_living_map_bad_events_total{family="${family}",reason="${reason}"} 2`);
+        expect(metrics).toContain(`daarion_city_living_map_bad_events_total{family="${family}",reason="${reason}"} 1`);
       }
     } finally {
       await city.dispose();
@@ -103,6 +104,56 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
     } finally {
       await second.dispose();
       cleanup();
+    }
+  }, 30_000);
+
+  test("JetStream: a backlog waiting when a city first starts reaches its scene, not only its history", async () => {
+    const prefix = `t_${randomSuffix()}`;
+    const { config, cleanup } = testConfig({ NATS_URL: natsUrl!, NATS_SUBJECT_PREFIX: prefix });
+    // the first start makes the stream and the durable consumer; nothing happened yet
+    await (await startTestCity({}, { config })).stop();
+    await publish(prefix, "node.metrics.early", { node_id: "early", cpu: 0.42 });
+    const city = await startTestCity({}, { config });
+    try {
+      const token = await city.token("u_backlog");
+      await waitFor(() => history(city, token), (i) => i.length === 1, 10_000);
+      const snap = await waitFor(
+        async () => (await (await city.http("/living-map/snapshot", { token })).json()) as any,
+        (s) => s.layers.nodes.items.length > 0,
+        10_000,
+      );
+      expect(snap.layers.nodes.items.map((n: any) => [n.id, n.metrics.cpu])).toEqual([["node:early", 0.42]]);
+    } finally {
+      await city.dispose();
+      cleanup();
+    }
+  }, 30_000);
+
+  test.skipIf(!databaseUrl)("JetStream on PostgreSQL: an event the store refuses (\\u0000 in jsonb) is counted and left out; the rest of its batch is stored and the consumer goes on", async () => {
+    const prefix = `t_${randomSuffix()}`;
+    const db = await createTestDatabase(databaseUrl!);
+    const city = await startTestCity({ NATS_URL: natsUrl!, NATS_SUBJECT_PREFIX: prefix, DATABASE_URL: db.url });
+    try {
+      const token = await city.token("u_nul");
+      // one batch: good, refused (valid JSON, but jsonb has no NUL), good
+      nc.publish(`${prefix}.node.metrics.a`, JSON.stringify({ node_id: "a", cpu: 0.1 }));
+      nc.publish(`${prefix}.node.metrics.b`, '{"node_id":"b","note":"nul \\u0000 here"}');
+      nc.publish(`${prefix}.node.metrics.c`, JSON.stringify({ node_id: "c", cpu: 0.3 }));
+      await nc.flush();
+      const items = await waitFor(() => history(city, token), (i) => i.length >= 2, 10_000);
+      expect(items.map((e) => e.entity_id)).toEqual(["node:c", "node:a"]);
+      const metrics = await waitFor(
+        async () => (await city.http("/metrics")).text(),
+        (m) => m.includes('daarion_city_living_map_bad_events_total{family="node.metrics",reason="unstorable"} 1'),
+        10_000,
+      );
+      expect(metrics).toContain("daarion_city_living_map_events_stored_total 2");
+      // the consumer goes on: the next event is stored too
+      await publish(prefix, "node.metrics.d", { node_id: "d" });
+      expect((await waitFor(() => history(city, token), (i) => i.length >= 3, 10_000)).map((e) => e.entity_id)).toEqual(["node:d", "node:c", "node:a"]);
+    } finally {
+      await city.dispose();
+      await db.drop();
     }
   }, 30_000);
 

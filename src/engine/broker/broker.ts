@@ -71,10 +71,11 @@ export interface EventStream {
   /**
    * Makes sure the stream (over `subjects`, messages kept `maxAgeMs`) and its durable consumer
    * exist, creating or updating them.
-   * @returns the stream's last sequence
+   * @returns the stream's last sequence, and the durable consumer's ack floor (every message up to
+   *   it is acknowledged: handled by some instance)
    * @throws Error when JetStream refuses
    */
-  ensure(o: { stream: string; subjects: string[]; maxAgeMs: number; consumer: string; ackWaitMs: number }): Promise<number>;
+  ensure(o: { stream: string; subjects: string[]; maxAgeMs: number; consumer: string; ackWaitMs: number }): Promise<{ lastSeq: number; ackFloor: number }>;
   /**
    * Pulls batches from the durable consumer (shared by every instance: each message goes to one).
    * A batch is acknowledged when `handle` resolves; if it rejects, or the process dies first, its

@@ -20,7 +20,7 @@ export type JetStreamCommand =
   | { t: "js.stop"; id: number };
 
 export type JetStreamEvent =
-  | { t: "js.result"; id: number; ok: boolean; error?: string; available?: boolean; lastSeq?: number }
+  | { t: "js.result"; id: number; ok: boolean; error?: string; available?: boolean; lastSeq?: number; ackFloor?: number }
   | { t: "js.batch"; id: number; batch: number; items: (number | string)[] }
   | { t: "js.error"; id: number; error: string };
 
@@ -92,14 +92,15 @@ export class BusJetStream {
       } catch {
         info = await jsm.streams.add(config);
       }
+      let consumer;
       try {
-        await jsm.consumers.info(cmd.stream, cmd.consumer);
+        consumer = await jsm.consumers.info(cmd.stream, cmd.consumer);
       } catch {
-        await jsm.consumers.add(cmd.stream, {
+        consumer = await jsm.consumers.add(cmd.stream, {
           durable_name: cmd.consumer, ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.All, ack_wait: cmd.ackWaitMs * 1_000_000, max_ack_pending: 20_000,
         });
       }
-      this.emit({ t: "js.result", id: cmd.id, ok: true, available: true, lastSeq: info.state.last_seq });
+      this.emit({ t: "js.result", id: cmd.id, ok: true, available: true, lastSeq: info.state.last_seq, ackFloor: consumer.ack_floor.stream_seq });
     } catch (err) {
       this.emit({ t: "js.result", id: cmd.id, ok: false, error: (err as Error).message });
     }

@@ -77,7 +77,7 @@ export class NatsBroker implements Broker {
   private readonly flushes = new Map<number, () => void>();
   private nextFlush = 1;
   /** JetStream requests waiting for their result, by id. */
-  private readonly jsWaiting = new Map<number, { resolve(e: { ok: boolean; error?: string; available?: boolean; lastSeq?: number }): void }>();
+  private readonly jsWaiting = new Map<number, { resolve(e: { ok: boolean; error?: string; available?: boolean; lastSeq?: number; ackFloor?: number }): void }>();
   /** Running JetStream readers, by id: made again when the bus worker is replaced. */
   private readonly jsReaders = new Map<number, JsReader>();
   private nextJs = 1;
@@ -185,7 +185,7 @@ export class NatsBroker implements Broker {
 
   async jetstream(): Promise<EventStream | null> {
     const ask = (cmd: Record<string, unknown>) =>
-      new Promise<{ ok: boolean; error?: string; available?: boolean; lastSeq?: number }>((resolve) => {
+      new Promise<{ ok: boolean; error?: string; available?: boolean; lastSeq?: number; ackFloor?: number }>((resolve) => {
         const id = this.nextJs++;
         this.jsWaiting.set(id, { resolve });
         this.inbound?.send({ ...cmd, id } as BusCommand);
@@ -206,7 +206,7 @@ export class NatsBroker implements Broker {
       ensure: async (o) => {
         const r = await ask({ t: "js.ensure", ...o });
         if (!r.ok) throw new Error(`jetstream: ${r.error}`);
-        return r.lastSeq ?? 0;
+        return { lastSeq: r.lastSeq ?? 0, ackFloor: r.ackFloor ?? 0 };
       },
       durable: (o, handle) => reader((id) => ({ t: "js.durable", id, stream: o.stream, consumer: o.consumer, batch: o.batch }), handle),
       ordered: (o, handle) => reader((id, from) => ({ t: "js.ordered", id, stream: o.stream, fromSeq: from || o.fromSeq, batch: o.batch }), handle),

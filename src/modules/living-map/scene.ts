@@ -17,6 +17,13 @@
 export const SOURCE_NAMES = ["city-service", "space-service", "agents-service", "microdao-service", "dao-service", "usage-engine"] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
 
+/** The family of a subject: its first two tokens (`node.metrics`). */
+export function familyOf(subject: string): string {
+  const a = subject.indexOf(".");
+  const b = a < 0 ? -1 : subject.indexOf(".", a + 1);
+  return b < 0 ? subject : subject.slice(0, b);
+}
+
 /** What `meta.sources[]` says of one upstream. */
 export interface SourceStatus {
   name: SourceName;
@@ -268,13 +275,12 @@ export class Scene {
   // ---- events ----------------------------------------------------------------------------
 
   /**
-   * Moves the scene by one event (the subject without any prefix; the payload a JSON object).
-   * Documented per subject in the README ("Living Map").
+   * Moves the scene by one event (the subject without any prefix; the payload a JSON object;
+   * `when` its ISO time, `at` the same in epoch ms). Documented per subject in the README ("Living Map").
    * @returns whether the event named an entity and changed something
    */
-  apply(subject: string, payload: Record<string, unknown>, at: number): boolean {
-    const when = new Date(at).toISOString();
-    const family = subject.split(".").slice(0, 2).join(".");
+  apply(subject: string, payload: Record<string, unknown>, when: string, at = Date.parse(when)): boolean {
+    const family = familyOf(subject);
     let changed = false;
     if (family === "node.metrics") {
       const id = entityId("node", payload.node_id ?? payload.id ?? subject.split(".")[2]);

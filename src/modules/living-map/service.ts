@@ -25,7 +25,8 @@ import type { Hub } from "../../engine/hub.ts";
 import type { PresenceTracker } from "../../engine/presence/presence.ts";
 import type { Logger } from "../../log.ts";
 import type { LivingMapEvent, LivingMapEventWrite, Store } from "../../storage/store.ts";
-import { encodeStreamEvent, familyOf, LIVING_MAP_SUBJECTS, readEvent, type BadEvent } from "./events.ts";
+import { isDataError } from "../../storage/data-errors.ts";
+import { encodeStreamEvent, familyOf, LIVING_MAP_SUBJECTS, readEvent, type BadEvent, type ReadEvent } from "./events.ts";
 import { Scene, type EntityItem } from "./scene.ts";
 import { Upstreams, type UpstreamUrls } from "./upstreams.ts";
 
@@ -69,6 +70,10 @@ interface Recovering {
   buffer: Recent[];
 }
 
+/** Most stream messages a JetStream batch carries. */
+const JS_BATCH = 2000;
+/** Stream messages read by the ordered reader, kept for the durable one (which then parses nothing). */
+const READ_CACHE_MAX = 20_000;
 /** Recent events kept for replay, however the log is doing. */
 const RECENT_MAX = 10_000;
 /** Non-JetStream log writes: at most this many per batch, and a batch at least this often, ms. */
@@ -88,6 +93,7 @@ export class LivingMapService {
   private recentBase = 0;
   private readonly recovering = new Set<Recovering>();
   private writeQueue: LivingMapEventWrite[] = [];
+  private readonly readCache = new Map<number, ReadEvent>();
   private writing: Promise<void> | null = null;
   private mode: "jetstream" | "nats" | "local" = "local";
   private readonly badLogged = new Map<string, number>();
@@ -252,22 +258,42 @@ export class LivingMapService {
 
   private async startJetStream(js: EventStream): Promise<void> {
     const { o } = this;
-    await js.ensure({ stream: o.streamName, subjects: [...LIVING_MAP_SUBJECTS], maxAgeMs: o.retentionDays * 86_400_000, consumer: o.consumerName, ackWaitMs: o.ackWaitMs });
+    const { ackFloor } = await js.ensure({
+      stream: o.streamName, subjects: [...LIVING_MAP_SUBJECTS], maxAgeMs: o.retentionDays * 86_400_000, consumer: o.consumerName, ackWaitMs: o.ackWaitMs,
+    });
     this.mode = "jetstream";
-    // The log: batches acknowledged only once written (shared by every instance).
+    // The log: batches acknowledged only once written (shared by every instance). A message this
+    // instance's ordered reader has read already is not parsed again.
     this.stops.push(
-      js.durable({ stream: o.streamName, consumer: o.consumerName, batch: 500 }, async (batch) => {
-        const events = this.read(batch);
-        if (events.length) {
-          this.stats.stored += await o.store.appendLivingMapEvents(events);
+      js.durable({ stream: o.streamName, consumer: o.consumerName, batch: JS_BATCH }, async (batch) => {
+        const events: LivingMapEventWrite[] = [];
+        for (const m of batch) {
+          const r = this.readCache.get(m.seq) ?? this.readStream(m, false);
+          this.readCache.delete(m.seq);
+          if (r.ok) events.push(r.event);
         }
+        if (events.length) this.stats.stored += await this.store(events);
       }),
     );
-    // The scene and the sockets: every message, in order, from where the warm scene stands.
-    const from = this.scene.lastEvent.streamSeq ? this.scene.lastEvent.streamSeq + 1 : 0;
+    // The scene and the sockets: every message, in order, from where the warm scene stands; a
+    // scene that has seen no stream message yet starts after what the log holds (the durable
+    // consumer's ack floor), so a backlog waiting for the log moves the scene too.
+    const from = this.scene.lastEvent.streamSeq ? this.scene.lastEvent.streamSeq + 1 : ackFloor + 1;
     this.stops.push(
-      js.ordered({ stream: o.streamName, fromSeq: from, batch: 500 }, (batch) => {
-        for (const e of this.read(batch)) this.applyAndPublish(e);
+      js.ordered({ stream: o.streamName, fromSeq: from, batch: JS_BATCH }, (batch) => {
+        for (const m of batch) {
+          const r = this.readStream(m, true);
+          this.readCache.set(m.seq, r);
+          if (r.ok) this.applyAndPublish(r.event);
+        }
+        // Sequences the durable consumer gave another instance are never claimed here: keep the newest.
+        if (this.readCache.size > READ_CACHE_MAX) {
+          let drop = this.readCache.size - READ_CACHE_MAX;
+          for (const k of this.readCache.keys()) {
+            if (drop-- <= 0) break;
+            this.readCache.delete(k);
+          }
+        }
       }),
     );
   }
@@ -293,20 +319,42 @@ export class LivingMapService {
     }
   }
 
-  /** Reads a JetStream batch; refused payloads are counted and left out (and acknowledged with the rest). */
-  private read(batch: StreamEvent[]): LivingMapEventWrite[] {
-    const out: LivingMapEventWrite[] = [];
-    for (const m of batch) {
+  /**
+   * Reads one stream message. Counted (received, refused) by the ordered reader only, which sees
+   * every message once on every instance; refused payloads are acknowledged with the rest.
+   */
+  private readStream(m: StreamEvent, count: boolean): ReadEvent {
+    const r = readEvent(m.subject, m.payload, m.time, this.o.maxEventBytes, { source: "jetstream", stream: this.o.streamName, seq: m.seq });
+    if (count) {
       this.stats.received++;
-      const r = readEvent(m.subject, m.payload, m.time, this.o.maxEventBytes, { source: "jetstream", stream: this.o.streamName, seq: m.seq });
-      if (r.ok) out.push(r.event);
-      else this.bad(m.subject, r.reason);
+      if (!r.ok) this.bad(m.subject, r.reason);
     }
-    return out;
+    return r;
+  }
+
+  /**
+   * Writes events to the log. When the store refuses what one contains (e.g. PostgreSQL's jsonb
+   * takes no `\u0000`), the batch is split until that one is alone; it is counted as `unstorable`
+   * and left out, so it cannot hold the rest back (or, with JetStream, come back forever).
+   * @returns how many were new
+   * @throws what the store throws for any other reason (unreachable: try again later)
+   */
+  private async store(events: LivingMapEventWrite[]): Promise<number> {
+    try {
+      return await this.o.store.appendLivingMapEvents(events);
+    } catch (err) {
+      if (!isDataError(err)) throw err;
+      if (events.length === 1) {
+        this.bad(events[0]!.event_type, "unstorable", err);
+        return 0;
+      }
+      const half = events.length >> 1;
+      return (await this.store(events.slice(0, half))) + (await this.store(events.slice(half)));
+    }
   }
 
   private applyAndPublish(e: LivingMapEventWrite): void {
-    this.scene.apply(e.event_type, e.payload, Date.parse(e.timestamp));
+    this.scene.apply(e.event_type, e.payload, e.timestamp);
     this.scene.markApplied(e.id, 0, e.stream_seq);
     this.stats.applied++;
     const frame = encodeStreamEvent(e);
@@ -345,14 +393,14 @@ export class LivingMapService {
     return { events: events.slice(-max), truncated: false };
   }
 
-  private bad(subject: string, reason: BadEvent): void {
+  private bad(subject: string, reason: BadEvent, err?: unknown): void {
     const key = `${familyOf(subject)}|${reason}`;
     this.stats.bad.set(key, (this.stats.bad.get(key) ?? 0) + 1);
     const now = this.o.clock.now();
     const last = this.badLogged.get(subject) ?? -Infinity;
     if (now - last < 60_000) return;
     this.badLogged.set(subject, now);
-    this.o.log.warn("living map: ignored a malformed event", { subject, reason });
+    this.o.log.warn(reason === "unstorable" ? "living map: the store refused an event; left out of the history" : "living map: ignored a malformed event", { subject, reason, ...(err ? { err } : {}) });
   }
 
   // ---- the log without JetStream ---------------------------------------------------------
@@ -376,7 +424,7 @@ export class LivingMapService {
         while (this.writeQueue.length) {
           const batch = this.writeQueue.slice(0, WRITE_BATCH);
           try {
-            this.stats.stored += await this.o.store.appendLivingMapEvents(batch);
+            this.stats.stored += await this.store(batch);
             this.writeQueue.splice(0, batch.length);
           } catch (err) {
             this.stats.storeFailures++;
@@ -424,7 +472,7 @@ export class LivingMapService {
       for (let n = 0; n < 200; n++) {
         const rows = await this.o.store.livingMapEventsAfter(after, 1000);
         for (const r of rows) {
-          this.scene.apply(r.event_type, r.payload, Date.parse(r.timestamp));
+          this.scene.apply(r.event_type, r.payload, r.timestamp);
           this.scene.markApplied(r.id, r.seq, r.stream_seq);
           after = r.seq;
         }
