@@ -110,6 +110,21 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
         for (const s of map.scene.sourceStatuses()) if (s.status !== "not_configured") this.set({ source: s.name }, s.status === "ok" ? 1 : 0);
       },
     });
+    const fetched = new Map<string, number>();
+    new Counter({
+      name: "daarion_city_living_map_upstream_fetches_total", help: "Living map upstream reads (after the retry), by source and outcome (ok, failed)", labelNames: ["source", "outcome"],
+      registers: [registry],
+      collect() {
+        for (const [source, st] of map.upstreamStats) {
+          for (const outcome of ["ok", "failed"] as const) {
+            const key = `${source}|${outcome}`;
+            const prev = fetched.get(key) ?? 0;
+            this.inc({ source, outcome }, Math.max(0, st[outcome] - prev)); // 0 too: every configured source has both series
+            fetched.set(key, st[outcome]);
+          }
+        }
+      },
+    });
     gauge("daarion_city_living_map_scene_version", "Changes of the living map's scene so far", () => map.scene.changes);
   }
   const messages = new Counter({ name: "daarion_city_room_messages_total", help: "Room messages committed and published here", registers: [registry] });

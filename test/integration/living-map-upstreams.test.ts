@@ -66,6 +66,14 @@ describe("living map upstreams", () => {
     expect(snap.layers.city.health).toBe("yellow");
     const entity = (await (await city.http("/living-map/entities/node:gpu-1", { token })).json()) as any;
     expect(entity).toMatchObject({ id: "node:gpu-1", type: "node", layer: "nodes", data: { source: { id: "gpu-1", name: "NODE1" } } });
+    // /metrics counts the reads by outcome; a source not configured has no series
+    const metrics = await (await city.http("/metrics")).text();
+    const count = (source: string, outcome: string) =>
+      Number(new RegExp(`^daarion_city_living_map_upstream_fetches_total\\{source="${source}",outcome="${outcome}"\\} (\\d+)$`, "m").exec(metrics)?.[1] ?? -1);
+    expect(count("space-service", "ok")).toBeGreaterThanOrEqual(1);
+    expect(count("space-service", "failed")).toBe(0);
+    for (const failing of ["agents-service", "dao-service", "microdao-service"]) expect(count(failing, "failed")).toBeGreaterThanOrEqual(1);
+    expect(metrics).not.toContain('source="usage-engine"');
   });
 
   test("a snapshot never waits on an upstream, even while one hangs", async () => {

@@ -87,7 +87,7 @@ export class Upstreams {
   private readonly policies = new Map<SourceName, IPolicy>();
   private readonly state = new Map<SourceName, { fetchedAt: number | null; error?: string }>();
   private refreshing: Promise<void> | null = null;
-  /** Attempts by source and outcome, for /metrics. */
+  /** Reads by configured source and outcome, for /metrics. */
   readonly stats = new Map<SourceName, { ok: number; failed: number }>();
 
   constructor(private readonly o: UpstreamsOptions) {
@@ -148,8 +148,8 @@ export class Upstreams {
       },
     ];
     for (const up of this.list) {
-      this.stats.set(up.name, { ok: 0, failed: 0 });
       if (!up.base) continue;
+      this.stats.set(up.name, { ok: 0, failed: 0 });
       this.policies.set(
         up.name,
         wrap(
