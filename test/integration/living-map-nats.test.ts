@@ -148,6 +148,9 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
         10_000,
       );
       expect(metrics).toContain("daarion_city_living_map_events_stored_total 2");
+      // left out of the history only: the scene has it
+      const snap = (await (await city.http("/living-map/snapshot", { token })).json()) as any;
+      expect(snap.layers.nodes.items.map((n: any) => n.id).sort()).toEqual(["node:a", "node:b", "node:c"]);
       // the consumer goes on: the next event is stored too
       await publish(prefix, "node.metrics.d", { node_id: "d" });
       expect((await waitFor(() => history(city, token), (i) => i.length >= 3, 10_000)).map((e) => e.entity_id)).toEqual(["node:d", "node:c", "node:a"]);

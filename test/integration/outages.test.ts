@@ -32,6 +32,9 @@ describe.skipIf(!engineUrl("DATABASE_URL", "PostgreSQL outage"))("PostgreSQL goe
     const token = await c.token("u_outage");
     const live = await TestSocket.open(c.wsUrl(`/ws/city/rooms/${ROOM}`));
     sockets.push(live);
+    const map = await TestSocket.open(c.wsUrl(`/living-map/stream?token=${token}`));
+    sockets.push(map);
+    await map.next((f) => f.kind === "snapshot");
     const first = await json(await c.http(`/city/rooms/${ROOM}/messages`, { method: "POST", token, json: { body: "before" } }));
     expect(first.status).toBe(201);
 
@@ -57,6 +60,10 @@ describe.skipIf(!engineUrl("DATABASE_URL", "PostgreSQL outage"))("PostgreSQL goe
     expect(performance.now() - t0).toBeLessThan(1500);
     expect(ready).toMatchObject({ status: 503, body: { status: "not_ready", engines: { store: { state: "down" } } } });
     expect(live.closed).toBeNull();
+    // a living map event meanwhile (the in-process bus: no NATS here) moves the stream at once and waits for the history
+    c.broker.publish("agent.event.status", JSON.stringify({ agent_id: "through-the-outage", status: "online" }));
+    const during = await map.next((f) => f.kind === "event" && f.event_type === "agent.event.status");
+    expect(during.payload.agent_id).toBe("through-the-outage");
 
     await pg.start();
     const back = Date.now();
@@ -65,6 +72,13 @@ describe.skipIf(!engineUrl("DATABASE_URL", "PostgreSQL outage"))("PostgreSQL goe
     expect(Date.now() - back).toBeLessThan(5000);
     await live.next((f) => f.event === "room.message" && f.message.body === "after");
     expect(after.body.seq).toBe(first.body.seq + 1); // the refused write took no seq
+    // the living map event is in the history now (its writer retried every second)
+    const history = await waitFor(
+      async () => (await json(await c.http("/living-map/history?limit=50", { token }))).body.items as any[],
+      (items) => items?.some((e) => e.id === during.id),
+      5000,
+    );
+    expect(history.filter((e) => e.id === during.id)).toHaveLength(1);
   }, 30_000);
 });
 
