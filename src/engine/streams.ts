@@ -329,8 +329,14 @@ export class RoomStreams {
       try {
         const last = (await this.o.history.lastSeqs([s.roomId])).get(s.roomId) ?? 0;
         if (s.closed || s.next !== 0) return;
-        s.next = last + 1;
-        for (const seq of s.pending.keys()) if (seq < s.next) s.pending.delete(seq);
+        // What arrived since the subscription was published after the stream began, so the
+        // sockets that joined get it, even what the read already counts (a socket's own first
+        // message, committed while the read was on its way): start at the lowest of it, and let
+        // the filler read from the store whatever the broker did not bring up to `last`.
+        let first = last + 1;
+        for (const seq of s.pending.keys()) if (seq < first) first = seq;
+        s.next = first;
+        if (last > s.target) s.target = last;
         this.drain(s);
         return;
       } catch (err) {

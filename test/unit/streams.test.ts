@@ -28,8 +28,15 @@ const ids = new IdGenerator();
 const clock = new ManualClock(Date.now());
 /** Called during the next store read (a test races publications against a recovery this way). */
 let duringRead: (() => Promise<void> | void) | null = null;
+/** Called before the next position read (a test races a commit against a stream's creation). */
+let beforePosition: (() => Promise<void> | void) | null = null;
 const history: RoomHistory = {
-  lastSeqs: (roomIds) => store.lastSeqs(roomIds),
+  lastSeqs: async (roomIds) => {
+    const hook = beforePosition;
+    beforePosition = null;
+    await hook?.();
+    return store.lastSeqs(roomIds);
+  },
   read: async (roomId, q) => {
     const hook = duringRead;
     duringRead = null;
@@ -179,6 +186,27 @@ describe("RoomStreams", () => {
     await clock.advance(GRACE * 2);
     expect(b.streams.stats.gapFills).toBe(fills);
     expect(b.streams.stats.duplicatesDropped - dups).toBe(1);
+  });
+
+  test("a message committed and published while the stream reads its position reaches the sockets that joined before it", async () => {
+    const room = await newRoom();
+    const { client, ws } = await connect(b);
+    let m1: Message | undefined;
+    // the socket's own message: committed and published after it joined, before the position read answers
+    beforePosition = async () => {
+      [m1] = await commit(room, 1);
+      publish(a, m1!);
+      await flushAll();
+    };
+    b.streams.join(ws, room);
+    await b.streams["streams"].get(room)!.positioned;
+    expect(m1?.seq).toBe(1);
+    await sentinel(a, room, client);
+    expect(seqs(client)).toEqual([1]);
+    const [m2] = await commit(room, 1);
+    publish(a, m2!);
+    await sentinel(a, room, client);
+    expect(seqs(client)).toEqual([1, 2]);
   });
 
   test("a local commit and other instances' commits interleave in seq order on both instances", async () => {
