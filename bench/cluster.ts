@@ -13,15 +13,16 @@
  *   bun run bench:cluster --quick   one short rep, JSON lines only (results/scratch/)
  *   bun run bench:cluster --rate=N  one short rep at N msg/s (results/scratch/)
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
-import { ClientProc } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT } from "./servers.ts";
+import { ClientProc, drain } from "./load/proc.ts";
+import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
+import { writeSection } from "./render.ts";
 
 type Config = "one" | "three-worker" | "three-main";
 const CONFIGS: Config[] = ["one", "three-worker", "three-main"];
@@ -51,11 +52,7 @@ const DELIVERED_OVERHEAD = (() => {
   return frame.length - body.length;
 })();
 
-interface Instance {
-  url: string;
-  pid: number;
-  stop(): Promise<void>;
-}
+type Instance = ListeningProcess;
 
 /** Starts `n` binaries on one fresh database, one Redis prefix and one NATS prefix. */
 async function startCity(n: number, extraEnv: Record<string, string>): Promise<{ instances: Instance[]; stop(): Promise<void> }> {
@@ -65,23 +62,12 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
   const instances: Instance[] = [];
   for (let i = 0; i < n; i++) {
     const env: Record<string, string> = {
-      PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", PORT: "0", HOST: "127.0.0.1", DATA_DIR: mkdtempSync(path.join(dir, "d-")),
+      PORT: "0", HOST: "127.0.0.1", DATA_DIR: mkdtempSync(path.join(dir, "d-")),
       JWT_SECRET: BENCH_SECRET, LOG_LEVEL: "info", CITY_WRITE_RATE_PER_SECOND: "0", CITY_DEFAULT_ROOMS: "general",
       DATABASE_URL: db.url, REDIS_URL: process.env.REDIS_URL!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: process.env.NATS_URL!, NATS_SUBJECT_PREFIX: prefix,
       ...extraEnv,
     };
-    const proc = Bun.spawn([path.join(ROOT, "dist/daarion-city"), "serve"], { env, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
-    const url = await listening(proc.stdout);
-    instances.push({
-      url,
-      pid: proc.pid,
-      stop: async () => {
-        proc.kill("SIGTERM");
-        const t = setTimeout(() => proc.kill("SIGKILL"), 10_000);
-        await proc.exited;
-        clearTimeout(t);
-      },
-    });
+    instances.push(await spawnListening([path.join(ROOT, "dist/daarion-city"), "serve"], env, `instance ${i}`));
   }
   return {
     instances,
@@ -91,24 +77,6 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
       rmSync(dir, { recursive: true, force: true });
     },
   };
-}
-
-async function listening(stream: ReadableStream<Uint8Array>): Promise<string> {
-  const reader = stream.getReader();
-  const dec = new TextDecoder();
-  let buf = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`instance exited: ${buf.slice(0, 500)}`);
-    buf += dec.decode(value);
-    const line = buf.split("\n").find((l) => l.includes('"city: listening"'));
-    if (line) {
-      void (async () => {
-        while (!(await reader.read()).done);
-      })();
-      return JSON.parse(line).url;
-    }
-  }
 }
 
 interface Result {
@@ -159,18 +127,7 @@ async function runOnce(s: Scenario, config: Config, rep: number): Promise<Result
     const published = await pub.call<{ sent: Record<string, number> }>({ op: "publish", durationMs: s.durationMs, ratePerPublisher: s.rate, window: s.window });
     const sent = Object.values(published.sent).reduce((a, b) => a + b, 0);
     const expected = sent * s.receivers;
-    let last = -1;
-    let lastChange = performance.now();
-    const drainEnd = performance.now() + 8000;
-    for (;;) {
-      const got = (await recv.call<{ received: number }>({ op: "count" })).received;
-      if (got !== last) {
-        last = got;
-        lastChange = performance.now();
-      }
-      if (got >= expected || performance.now() > drainEnd || performance.now() - lastChange > 700) break;
-      await Bun.sleep(50);
-    }
+    const { received: last, lastChange } = await drain([recv], expected, { maxMs: 8000, idleMs: 700 });
     const elapsed = (lastChange - t0) / 1000;
     const cpu = city.instances.reduce((a, i) => a + cpuSeconds(i.pid), 0) - cpu0;
     let late = 0;
@@ -256,13 +213,6 @@ async function main(): Promise<void> {
 }
 
 function renderCluster(meta: any, summaries: any[]): void {
-  const file = path.join(ROOT, "bench/README.md");
-  const text = readFileSync(file, "utf8");
-  const START = "<!-- cluster:start -->";
-  const END = "<!-- cluster:end -->";
-  const a = text.indexOf(START);
-  const b = text.indexOf(END);
-  if (a < 0 || b < 0) throw new Error("bench/README.md lacks the cluster markers");
   const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "–" : x.toLocaleString("en-US"));
   const lines = [
     `Run ${meta.date} · \`${meta.command}\` · ${meta.duration_s} s · ${meta.machine.cpus} cores shared by every instance, PostgreSQL, Redis, NATS and the clients`,
@@ -274,7 +224,7 @@ function renderCluster(meta: any, summaries: any[]): void {
         `| ${s.title} | ${s.config} | ${fmt(s.deliveries_per_s)} | ${fmt(s.deliveries_vs_one)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.p99_vs_one)} | ${fmt(s.echo_p99_ms)} | ${s.lost} | ${s.late} | ${s.closed} | ${fmt(s.cpu_s)} |`,
     ),
   ];
-  writeFileSync(file, text.slice(0, a + START.length) + "\n" + lines.join("\n") + "\n" + text.slice(b));
+  writeSection("cluster", lines.join("\n"));
 }
 
 await main();

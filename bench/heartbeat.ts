@@ -10,7 +10,7 @@
  *
  * Needs REDIS_URL (keys go under a random prefix and are removed afterwards).
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createClient } from "redis";
 import { signToken } from "../src/auth/tokens.ts";
@@ -18,6 +18,7 @@ import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { PresenceCommand } from "./load/presence-client.ts";
 import { ClientProc } from "./load/proc.ts";
 import { BENCH_SECRET, cpuSeconds, ROOT, startServer, type RunningServer } from "./servers.ts";
+import { writeSection } from "./render.ts";
 
 interface Scenario {
   id: string;
@@ -199,13 +200,7 @@ async function main() {
   const dir = path.join(ROOT, "bench/results", quick ? "scratch" : "");
   mkdirSync(dir, { recursive: true });
   writeFileSync(path.join(dir, quick ? `heartbeat-quick-${Date.now()}.json` : "heartbeat-latest.json"), JSON.stringify({ meta, results }, null, 1));
-  if (!quick) {
-    const readme = path.join(ROOT, "bench/README.md");
-    const text = readFileSync(readme, "utf8");
-    const a = text.indexOf("<!-- heartbeat:start -->");
-    const b = text.indexOf("<!-- heartbeat:end -->");
-    if (a >= 0 && b >= 0) writeFileSync(readme, text.slice(0, a + 24) + "\n" + renderTable(meta, results) + "\n" + text.slice(b));
-  }
+  if (!quick) writeSection("heartbeat", renderTable(meta, results));
   console.error(`bench:heartbeat: ${results.length} runs in ${meta.duration_s} s`);
 }
 

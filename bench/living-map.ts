@@ -20,7 +20,7 @@
  *   bun run bench:living-map --quick   shorter, one rep, results/scratch/ only
  */
 import { Database } from "bun:sqlite";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { connect, type NatsConnection } from "nats";
@@ -29,8 +29,9 @@ import { signToken } from "../src/auth/tokens.ts";
 import { world } from "../src/simulate.ts";
 import { Histogram, merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { MapCommand, MapReport } from "./load/map-client.ts";
-import { ClientProc } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, readListening, ROOT, rssBytes, threadCpu } from "./servers.ts";
+import { ClientProc, drain } from "./load/proc.ts";
+import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
+import { writeSection } from "./render.ts";
 
 const quick = process.argv.includes("--quick");
 const NATS_URL = process.env.NATS_URL!;
@@ -39,26 +40,8 @@ const r2 = (x: number | null) => (x === null ? null : Math.round(x * 100) / 100)
 
 // ---- processes -----------------------------------------------------------------------------
 
-interface Proc {
-  url: string;
-  pid: number;
-  stop(): Promise<void>;
-}
-
-async function spawn(cmd: string[], env: Record<string, string>, name: string): Promise<Proc> {
-  const proc = Bun.spawn(cmd, { env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env }, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
-  const url = await readListening(proc.stdout, name);
-  return {
-    url,
-    pid: proc.pid,
-    stop: async () => {
-      proc.kill("SIGTERM");
-      const t = setTimeout(() => proc.kill("SIGKILL"), 15_000);
-      await proc.exited;
-      clearTimeout(t);
-    },
-  };
-}
+type Proc = ListeningProcess;
+const spawn = (cmd: string[], env: Record<string, string>, name: string) => spawnListening(cmd, env, name, 15_000);
 
 /** One city: a prefix on NATS (its own stream and consumer), a data dir, and PostgreSQL or not. */
 interface City {
@@ -323,19 +306,7 @@ async function fanoutOnce(server: FanoutServer, rate: number, rep: number, socke
     const cpu0 = cpuSeconds(proc.pid);
     const sent = await publish(city.prefix, Math.round((rate * durationMs) / 1000), rate, { stamp: true, seed: 31 + rep });
     const expected = sent * sockets;
-    let last = -1;
-    let lastChange = performance.now();
-    const end = performance.now() + 10_000;
-    for (;;) {
-      const counts = await Promise.all(clients.map((c) => c.call<{ received: number }>({ op: "count" })));
-      const got = counts.reduce((a, c) => a + c.received, 0);
-      if (got !== last) {
-        last = got;
-        lastChange = performance.now();
-      }
-      if (got >= expected || performance.now() > end || performance.now() - lastChange > 1000) break;
-      await Bun.sleep(50);
-    }
+    await drain(clients, expected, { maxMs: 10_000, idleMs: 1000 });
     const cpu = cpuSeconds(proc.pid) - cpu0;
     const reports = await Promise.all(clients.map((c) => c.call<MapReport>({ op: "report" })));
     let hist: HistogramData | null = null;
@@ -427,13 +398,6 @@ async function main(): Promise<void> {
 }
 
 function render(meta: any, snapshot: SnapshotResult[], history: HistoryResult[], fanout: any[]): void {
-  const file = path.join(ROOT, "bench/README.md");
-  const text = readFileSync(file, "utf8");
-  const START = "<!-- living-map:start -->";
-  const END = "<!-- living-map:end -->";
-  const a = text.indexOf(START);
-  const b = text.indexOf(END);
-  if (a < 0 || b < 0) throw new Error("bench/README.md lacks the living-map markers");
   const fmt = (x: number | null | undefined) => (x === null || x === undefined ? "–" : x.toLocaleString("en-US"));
   const lines = [
     `Run ${meta.date} · \`${meta.command}\` · ${meta.duration_s} s · ${meta.machine.cpus} cores shared by the binary, PostgreSQL, NATS and the clients`,
@@ -456,7 +420,7 @@ function render(meta: any, snapshot: SnapshotResult[], history: HistoryResult[],
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...fanout.map((f) => `| ${f.server} | ${fmt(f.rate)} | ${fmt(f.deliveries_per_s)} | ${fmt(f.p50_ms)} | ${fmt(f.p99_ms)} | ${fmt(f.p99_vs_raw)} | ${fmt(f.max_ms)} | ${f.lost} | ${fmt(f.cpu_s)} |`),
   ];
-  writeFileSync(file, text.slice(0, a + START.length) + "\n" + lines.join("\n") + "\n" + text.slice(b));
+  writeSection("living-map", lines.join("\n"));
 }
 
 await main();

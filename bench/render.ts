@@ -1,13 +1,25 @@
 /**
- * Writes the results table of a full run into bench/README.md between the results markers.
+ * Writes results into bench/README.md, each kind of run between its own markers
+ * (`<!-- name:start -->` … `<!-- name:end -->`); the table of a full run (`results`) is made here.
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Summary } from "./run.ts";
 
 const README = path.join(import.meta.dir, "README.md");
-const START = "<!-- results:start -->";
-const END = "<!-- results:end -->";
+
+/**
+ * Replaces what bench/README.md holds between `<!-- name:start -->` and `<!-- name:end -->` with `body`.
+ * @throws Error when the markers are missing
+ */
+export function writeSection(name: string, body: string): void {
+  const text = readFileSync(README, "utf8");
+  const start = `<!-- ${name}:start -->`;
+  const a = text.indexOf(start);
+  const b = text.indexOf(`<!-- ${name}:end -->`);
+  if (a < 0 || b < a) throw new Error(`bench/README.md lacks the ${name} markers`);
+  writeFileSync(README, text.slice(0, a + start.length) + "\n" + body + "\n" + text.slice(b));
+}
 
 const fmt = (x: number | null | undefined, suffix = "") => (x === null || x === undefined ? "–" : `${x.toLocaleString("en-US")}${suffix}`);
 
@@ -37,11 +49,7 @@ export function renderTable(meta: any, summaries: Summary[]): string {
 }
 
 export function renderReadme(meta: any, summaries: Summary[]): void {
-  const text = readFileSync(README, "utf8");
-  const a = text.indexOf(START);
-  const b = text.indexOf(END);
-  if (a < 0 || b < 0) throw new Error("bench/README.md lacks the results markers");
-  writeFileSync(README, text.slice(0, a + START.length) + "\n" + renderTable(meta, summaries) + "\n" + text.slice(b));
+  writeSection("results", renderTable(meta, summaries));
 }
 
 if (import.meta.main) {

@@ -14,7 +14,7 @@ import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
-import { ClientProc } from "./load/proc.ts";
+import { ClientProc, drain } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
 import { renderReadme } from "./render.ts";
 
@@ -154,19 +154,7 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     const pub = await pubClient!.call<{ sent: Record<string, number> }>({ op: "publish", durationMs: s.durationMs, ratePerPublisher: s.rate, window: s.window });
     const expected = Object.values(pub.sent).reduce((a, b) => a + b, 0) * s.receivers;
     // drain: until everything expected arrived or nothing more arrives for 500 ms (max 5 s)
-    let last = -1;
-    let lastChange = performance.now();
-    const drainEnd = performance.now() + 5000;
-    for (;;) {
-      const counts = await Promise.all(recvClients.map((c) => c.call<{ received: number }>({ op: "count" })));
-      const got = counts.reduce((a, c) => a + c.received, 0);
-      if (got !== last) {
-        last = got;
-        lastChange = performance.now();
-      }
-      if (got >= expected || performance.now() > drainEnd || performance.now() - lastChange > 500) break;
-      await Bun.sleep(50);
-    }
+    const { received: last, lastChange } = await drain(recvClients, expected, { maxMs: 5000, idleMs: 500 });
     // from the first publication to the last delivery seen
     const elapsed = (lastChange - t0) / 1000;
     result.server_cpu_s = round(cpuSeconds(server.pid) - cpuStart, 2);

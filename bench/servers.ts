@@ -67,19 +67,43 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       break;
     }
   }
-  const proc = Bun.spawn(cmd, { env, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
-  const url = await readListening(proc.stdout, name);
+  const proc = await spawnListening(cmd, env, name);
   return {
     name,
     kind,
+    url: proc.url,
+    pid: proc.pid,
+    stop: async () => {
+      await proc.stop();
+      for (const c of cleanups) await c();
+    },
+  };
+}
+
+/** A process that reported where it listens. */
+export interface ListeningProcess {
+  url: string;
+  pid: number;
+  /** SIGTERM, then SIGKILL after `killAfterMs`; resolves when it exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Spawns `cmd` with `env` (plus PATH and HOME), waits for its `listening` log line (20 s at most)
+ * and keeps draining its stdout.
+ * @throws Error when it exits or stays silent
+ */
+export async function spawnListening(cmd: string[], env: Record<string, string>, name: string, killAfterMs = 10_000): Promise<ListeningProcess> {
+  const proc = Bun.spawn(cmd, { env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env }, stdout: "pipe", stderr: "inherit", stdin: "ignore" });
+  const url = await readListening(proc.stdout, name);
+  return {
     url,
     pid: proc.pid,
     stop: async () => {
       proc.kill("SIGTERM");
-      const timer = setTimeout(() => proc.kill("SIGKILL"), 10_000);
+      const t = setTimeout(() => proc.kill("SIGKILL"), killAfterMs);
       await proc.exited;
-      clearTimeout(timer);
-      for (const c of cleanups) await c();
+      clearTimeout(t);
     },
   };
 }

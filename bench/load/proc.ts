@@ -40,3 +40,28 @@ export class ClientProc<Cmd extends { op: string }> {
     clearTimeout(t);
   }
 }
+
+/**
+ * Waits until the clients together report `expected` deliveries (`count`), or nothing more has
+ * arrived for `idleMs`, or `maxMs` passed.
+ * @returns what they had received, and when (performance.now(), ms) the count last moved
+ */
+export async function drain(
+  clients: ClientProc<{ op: string }>[],
+  expected: number,
+  o: { maxMs: number; idleMs: number },
+): Promise<{ received: number; lastChange: number }> {
+  let last = -1;
+  let lastChange = performance.now();
+  const end = performance.now() + o.maxMs;
+  for (;;) {
+    const counts = await Promise.all(clients.map((c) => c.call<{ received: number }>({ op: "count" })));
+    const got = counts.reduce((a, c) => a + c.received, 0);
+    if (got !== last) {
+      last = got;
+      lastChange = performance.now();
+    }
+    if (got >= expected || performance.now() > end || performance.now() - lastChange > o.idleMs) return { received: got, lastChange };
+    await Bun.sleep(50);
+  }
+}
