@@ -21,7 +21,7 @@ import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, cpuSeconds, createBenchDatabase, deleteLivingMapStream, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 type Config = "one" | "three-worker" | "three-main";
@@ -73,6 +73,7 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
     instances,
     stop: async () => {
       await Promise.all(instances.map((i) => i.stop()));
+      await deleteLivingMapStream(process.env.NATS_URL!, prefix);
       await db.drop();
       rmSync(dir, { recursive: true, force: true });
     },

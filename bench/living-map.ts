@@ -30,7 +30,7 @@ import { world } from "../src/simulate.ts";
 import { Histogram, merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { MapCommand, MapReport } from "./load/map-client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, cpuSeconds, createBenchDatabase, deleteLivingMapStream, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 const quick = process.argv.includes("--quick");
@@ -73,7 +73,7 @@ async function makeCity(store: "postgres" | "sqlite"): Promise<City> {
         `daarion-city (${store})`,
       ),
     dispose: async () => {
-      await deleteStream(`LIVING_MAP_${prefix}`);
+      await deleteLivingMapStream(NATS_URL, prefix);
       await db?.drop();
       rmSync(dataDir, { recursive: true, force: true });
     },
@@ -81,10 +81,6 @@ async function makeCity(store: "postgres" | "sqlite"): Promise<City> {
 }
 
 let nc: NatsConnection;
-async function deleteStream(name: string): Promise<void> {
-  const jsm = await nc.jetstreamManager();
-  await jsm.streams.delete(name).catch(() => {});
-}
 
 async function metric(url: string, name: string): Promise<number> {
   const text = await (await fetch(`${url}/metrics`)).text();

@@ -153,6 +153,23 @@ export async function createBenchDatabase(): Promise<{ url: string; drop(): Prom
   };
 }
 
+/**
+ * Deletes the Living Map's JetStream stream that binaries with NATS_SUBJECT_PREFIX=`prefix` made
+ * (its consumers go with it). Quiet when there is none or NATS has no JetStream.
+ */
+export async function deleteLivingMapStream(natsUrl: string, prefix: string): Promise<void> {
+  const { connect } = await import("nats");
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const jsm = await nc.jetstreamManager();
+    await jsm.streams.delete(`LIVING_MAP_${prefix.replace(/\./g, "_")}`);
+  } catch {
+    /* none, or no JetStream */
+  } finally {
+    await nc.close();
+  }
+}
+
 const TICKS = 100; // USER_HZ on Linux
 
 /** User + system CPU seconds a process has used so far. */
