@@ -6,7 +6,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import postgres from "postgres";
+import { createTestDatabase, deleteLivingMapStream } from "../test/helpers/engines.ts";
 import type { ServerKind } from "./load/client.ts";
 
 export const ROOT = path.join(import.meta.dir, "..");
@@ -135,40 +135,10 @@ export async function readListening(stream: ReadableStream<Uint8Array>, name: st
 }
 
 /** A throwaway database next to DATABASE_URL's, for one measurement. */
-export async function createBenchDatabase(): Promise<{ url: string; drop(): Promise<void> }> {
-  const base = process.env.DATABASE_URL!;
-  const name = `dc_bench_${Math.random().toString(36).slice(2, 8)}`;
-  const admin = postgres(base, { max: 1, onnotice: () => {} });
-  await admin.unsafe(`create database ${name}`);
-  await admin.end();
-  const u = new URL(base);
-  u.pathname = `/${name}`;
-  return {
-    url: u.toString(),
-    drop: async () => {
-      const a = postgres(base, { max: 1, onnotice: () => {} });
-      await a.unsafe(`drop database if exists ${name} with (force)`);
-      await a.end();
-    },
-  };
-}
+export const createBenchDatabase = () => createTestDatabase(process.env.DATABASE_URL!, "dc_bench");
 
-/**
- * Deletes the Living Map's JetStream stream that binaries with NATS_SUBJECT_PREFIX=`prefix` made
- * (its consumers go with it). Quiet when there is none or NATS has no JetStream.
- */
-export async function deleteLivingMapStream(natsUrl: string, prefix: string): Promise<void> {
-  const { connect } = await import("nats");
-  const nc = await connect({ servers: natsUrl });
-  try {
-    const jsm = await nc.jetstreamManager();
-    await jsm.streams.delete(`LIVING_MAP_${prefix.replace(/\./g, "_")}`);
-  } catch {
-    /* none, or no JetStream */
-  } finally {
-    await nc.close();
-  }
-}
+/** The Living Map's JetStream stream that binaries with a NATS_SUBJECT_PREFIX made (the tests' helper). */
+export { deleteLivingMapStream };
 
 const TICKS = 100; // USER_HZ on Linux
 

@@ -404,6 +404,18 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   { env: "LOG_LEVEL", key: "logLevel", type: "debug, info, warn or error", fallback: "info", doc: "Least severe log level written.", parse: oneOf(["debug", "info", "warn", "error"] as const) },
 ];
 
+/** The living map's JetStream stream when LIVING_MAP_STREAM is empty: one per subject prefix, so cities (or test runs) on one NATS never share it. */
+export function defaultLivingMapStream(subjectPrefix: string): string {
+  const tag = subjectPrefix.replace(/\./g, "_");
+  return tag ? `LIVING_MAP_${tag}` : "LIVING_MAP";
+}
+
+/** The durable consumer when LIVING_MAP_CONSUMER is empty (per subject prefix, like the stream). */
+export function defaultLivingMapConsumer(subjectPrefix: string): string {
+  const tag = subjectPrefix.replace(/\./g, "_");
+  return tag ? `living-map-${tag}` : "living-map";
+}
+
 /**
  * Reads and validates the configuration.
  * @param env the environment to read (default `process.env`)
@@ -422,9 +434,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (c.agentsTransport === "http" && !c.agentsServiceUrl) throw new ConfigError("config: AGENTS_TRANSPORT=http needs AGENTS_SERVICE_URL");
   if (c.agentsTransport === "nats" && !c.natsUrl) throw new ConfigError("config: AGENTS_TRANSPORT=nats needs NATS_URL");
   // One stream and consumer per subject prefix, so cities (or test runs) on one NATS never share them.
-  const tag = c.natsSubjectPrefix.replace(/\./g, "_");
-  if (!c.livingMapStream) c.livingMapStream = tag ? `LIVING_MAP_${tag}` : "LIVING_MAP";
-  if (!c.livingMapConsumer) c.livingMapConsumer = tag ? `living-map-${tag}` : "living-map";
+  if (!c.livingMapStream) c.livingMapStream = defaultLivingMapStream(c.natsSubjectPrefix);
+  if (!c.livingMapConsumer) c.livingMapConsumer = defaultLivingMapConsumer(c.natsSubjectPrefix);
   if (c.shutdownDrainDelayMs >= c.shutdownTimeoutMs) {
     throw new ConfigError(`config: SHUTDOWN_DRAIN_DELAY_MS (${c.shutdownDrainDelayMs}) must be shorter than SHUTDOWN_TIMEOUT_MS (${c.shutdownTimeoutMs})`);
   }

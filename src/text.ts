@@ -12,11 +12,6 @@ const FORBIDDEN = /[\u0000-\u0008\u000B-\u001F]/;
 /** The same rule as a JSON-Schema pattern, for TypeBox string schemas (OpenAPI shows it). */
 export const TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000B-\\u001F]*$";
 
-/** True when `s` has a character the text rules refuse. */
-export function hasForbiddenControl(s: string): boolean {
-  return FORBIDDEN.test(s);
-}
-
 /**
  * Trims and checks a text field: a string, `min` to `max` characters (code points) after trimming,
  * no forbidden control character.

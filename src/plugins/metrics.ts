@@ -48,6 +48,20 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
       },
     });
   };
+  /** A counter mirroring monotonic numbers kept by the engine, one series per label set (`read` gives each with its total). */
+  const mirrorLabelled = (name: string, help: string, labelNames: string[], read: () => Iterable<[Record<string, string>, number]>) => {
+    const seen = new Map<string, number>();
+    return new Counter({
+      name, help, labelNames, registers: [registry],
+      collect() {
+        for (const [labels, n] of read()) {
+          const key = JSON.stringify(labels);
+          this.inc(labels, Math.max(0, n - (seen.get(key) ?? 0)));
+          seen.set(key, n);
+        }
+      },
+    });
+  };
   gauge("daarion_city_sockets_open", "Open WebSockets on this instance", () => deps.hub.socketCount());
   mirror("daarion_city_presence_flushes_total", "Presence round trips (one per flush tick with work)", () => deps.presence.stats.flushes);
   mirror("daarion_city_presence_heartbeats_total", "Heartbeats written (after per-tick deduplication)", () => deps.presence.stats.heartbeats);
@@ -90,19 +104,17 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
     mirror("daarion_city_living_map_events_dropped_total", "Living map events dropped because the history fell too far behind", () => map.stats.dropped);
     mirror("daarion_city_living_map_history_write_failures_total", "Failed history writes (retried)", () => map.stats.storeFailures);
     mirror("daarion_city_living_map_snapshots_saved_total", "Scene snapshots saved", () => map.stats.snapshotsSaved);
-    const seen = new Map<string, number>();
-    new Counter({
-      name: "daarion_city_living_map_bad_events_total", help: "NATS payloads ignored (malformed, oversize) or left out of the history (unstorable: the store refused them), by subject family and reason", labelNames: ["family", "reason"],
-      registers: [registry],
-      collect() {
+    mirrorLabelled(
+      "daarion_city_living_map_bad_events_total",
+      "NATS payloads ignored (malformed, oversize) or left out of the history (unstorable: the store refused them), by subject family and reason",
+      ["family", "reason"],
+      function* () {
         for (const [key, n] of map.stats.bad) {
           const [family, reason] = key.split("|") as [string, string];
-          const prev = seen.get(key) ?? 0;
-          if (n > prev) this.inc({ family, reason }, n - prev);
-          seen.set(key, n);
+          yield [{ family, reason }, n];
         }
       },
-    });
+    );
     new Gauge({
       name: "daarion_city_living_map_source_up", help: "1 when a living map upstream's last fetch worked (0: stale or unavailable; absent: not configured)",
       labelNames: ["source"], registers: [registry],
@@ -110,20 +122,9 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
         for (const s of map.scene.sourceStatuses()) if (s.status !== "not_configured") this.set({ source: s.name }, s.status === "ok" ? 1 : 0);
       },
     });
-    const fetched = new Map<string, number>();
-    new Counter({
-      name: "daarion_city_living_map_upstream_fetches_total", help: "Living map upstream reads (after the retry), by source and outcome (ok, failed)", labelNames: ["source", "outcome"],
-      registers: [registry],
-      collect() {
-        for (const [source, st] of map.upstreamStats) {
-          for (const outcome of ["ok", "failed"] as const) {
-            const key = `${source}|${outcome}`;
-            const prev = fetched.get(key) ?? 0;
-            this.inc({ source, outcome }, Math.max(0, st[outcome] - prev)); // 0 too: every configured source has both series
-            fetched.set(key, st[outcome]);
-          }
-        }
-      },
+    // every configured source has both series, 0 included
+    mirrorLabelled("daarion_city_living_map_upstream_fetches_total", "Living map upstream reads (after the retry), by source and outcome (ok, failed)", ["source", "outcome"], function* () {
+      for (const [source, st] of map.upstreamStats) for (const outcome of ["ok", "failed"] as const) yield [{ source, outcome }, st[outcome]];
     });
     gauge("daarion_city_living_map_scene_version", "Changes of the living map's scene so far", () => map.scene.changes);
   }

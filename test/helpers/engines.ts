@@ -5,6 +5,7 @@
  */
 import postgres from "postgres";
 import { createClient } from "redis";
+import { defaultLivingMapStream } from "../../src/config.ts";
 
 export type EngineVar = "DATABASE_URL" | "REDIS_URL" | "NATS_URL";
 
@@ -26,8 +27,8 @@ export function randomSuffix(): string {
  * Creates a throwaway database next to the one in `baseUrl` and returns its URL and a `drop()`.
  * Each test file gets its own, so files can run in parallel and leave nothing behind.
  */
-export async function createTestDatabase(baseUrl: string): Promise<{ url: string; drop: () => Promise<void> }> {
-  const name = `dc_test_${randomSuffix()}`;
+export async function createTestDatabase(baseUrl: string, namePrefix = "dc_test"): Promise<{ url: string; drop: () => Promise<void> }> {
+  const name = `${namePrefix}_${randomSuffix()}`;
   const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
   try {
     await admin.unsafe(`create database ${name}`);
@@ -95,8 +96,7 @@ export async function deleteLivingMapStream(natsUrl: string, subjectPrefix: stri
   if (!nc) return;
   try {
     const jsm = await nc.jetstreamManager();
-    const tag = subjectPrefix.replace(/\./g, "_");
-    await jsm.streams.delete(tag ? `LIVING_MAP_${tag}` : "LIVING_MAP").catch(() => {});
+    await jsm.streams.delete(defaultLivingMapStream(subjectPrefix)).catch(() => {});
   } catch {
     /* no JetStream */
   } finally {

@@ -25,6 +25,14 @@ export function familyOf(subject: string): string {
   return b < 0 ? subject : subject.slice(0, b);
 }
 
+/** The city itself, always on the map. */
+const CITY_ITEM: EntityItem = { id: "city:daarion", type: "city", label: "DAARION City", status: "active", layer: "city" };
+const microdaoItem = (d: MicrodaoState): EntityItem => ({ id: d.id, type: "microdao", label: d.name ?? d.slug ?? d.id, status: d.status, layer: "city" });
+const channelItem = (c: ChannelState): EntityItem => ({ id: c.id, type: "channel", label: c.name ?? c.slug ?? c.id, status: "active", layer: "city" });
+const planetItem = (p: PlanetState): EntityItem => ({ id: p.id, type: p.type === "dao" ? "dao" : "space", label: p.name ?? p.id, status: p.status, layer: "space" });
+const nodeItem = (n: NodeState): EntityItem => ({ id: n.id, type: "node", label: n.name ?? n.id, status: n.status, layer: "nodes" });
+const agentItem = (a: AgentState): EntityItem => ({ id: a.id, type: "agent", label: a.name ?? a.id, status: a.status, layer: "agents" });
+
 /** What `meta.sources[]` says of one upstream. */
 export interface SourceStatus {
   name: SourceName;
@@ -416,23 +424,27 @@ export class Scene {
 
   /** Every entity, flat (seed 004 §4.3), optionally of one type. */
   entities(type?: EntityItem["type"]): EntityItem[] {
-    const out: EntityItem[] = [{ id: "city:daarion", type: "city", label: "DAARION City", status: "active", layer: "city" }];
-    for (const d of this.microdaos.values()) out.push({ id: d.id, type: "microdao", label: d.name ?? d.slug ?? d.id, status: d.status, layer: "city" });
-    for (const c of this.channels.values()) out.push({ id: c.id, type: "channel", label: c.name ?? c.slug ?? c.id, status: "active", layer: "city" });
-    for (const p of this.planets.values()) out.push({ id: p.id, type: p.type === "dao" ? "dao" : "space", label: p.name ?? p.id, status: p.status, layer: "space" });
-    for (const n of this.nodes.values()) out.push({ id: n.id, type: "node", label: n.name ?? n.id, status: n.status, layer: "nodes" });
-    for (const a of this.agents.values()) out.push({ id: a.id, type: "agent", label: a.name ?? a.id, status: a.status, layer: "agents" });
+    const out: EntityItem[] = [CITY_ITEM];
+    for (const d of this.microdaos.values()) out.push(microdaoItem(d));
+    for (const c of this.channels.values()) out.push(channelItem(c));
+    for (const p of this.planets.values()) out.push(planetItem(p));
+    for (const n of this.nodes.values()) out.push(nodeItem(n));
+    for (const a of this.agents.values()) out.push(agentItem(a));
     return type ? out.filter((e) => e.type === type) : out;
   }
 
   /** One entity in detail (seed 004 §4.4): its state here and what its source said of it. */
   entity(id: string): { id: string; type: EntityItem["type"]; layer: EntityItem["layer"]; data: Record<string, unknown> } | null {
-    const item = this.entities().find((e) => e.id === id);
-    if (!item) return null;
-    const now = this.now();
-    const state =
-      this.nodes.get(id) ?? (this.agents.has(id) ? { ...this.agents.get(id)!, usage: this.usageOf(id, now) } : undefined) ?? this.microdaos.get(id) ?? this.planets.get(id) ??
-      this.channels.get(id) ?? { label: item.label, ...this.city };
+    let item: EntityItem;
+    let state: object;
+    const [d, c, p, n, a] = [this.microdaos.get(id), this.channels.get(id), this.planets.get(id), this.nodes.get(id), this.agents.get(id)];
+    if (id === CITY_ITEM.id) [item, state] = [CITY_ITEM, { label: CITY_ITEM.label, ...this.city }];
+    else if (d) [item, state] = [microdaoItem(d), d];
+    else if (c) [item, state] = [channelItem(c), c];
+    else if (p) [item, state] = [planetItem(p), p];
+    else if (n) [item, state] = [nodeItem(n), n];
+    else if (a) [item, state] = [agentItem(a), { ...a, usage: this.usageOf(id, this.now()) }];
+    else return null;
     const raw = this.raw.get(id);
     return { id, type: item.type, layer: item.layer, data: { ...state, ...(raw !== undefined ? { source: raw } : {}) } };
   }
