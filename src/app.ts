@@ -4,7 +4,7 @@
  */
 import { swagger } from "@elysiajs/swagger";
 import { Elysia } from "elysia";
-import type { TokenVerifier } from "./auth/tokens.ts";
+import type { Principal, TokenVerifier } from "./auth/tokens.ts";
 import type { Logger } from "./log.ts";
 import { cityController } from "./modules/city/index.ts";
 import { livingMapController } from "./modules/living-map/index.ts";
@@ -28,6 +28,8 @@ export interface AppDeps {
   livingMap: LivingMapService;
   /** LIVING_MAP_PUBLIC */
   livingMapPublic: boolean;
+  /** Who may change rooms (SPEC `PATCH /city/rooms/{room_id}`); default: nobody. */
+  isAdmin?: (p: Principal) => boolean;
 }
 
 export function createApp(deps: AppDeps) {
@@ -45,7 +47,7 @@ export function createApp(deps: AppDeps) {
     )
     .use(opsController(deps.readiness))
     .use(metricsController(deps.metrics))
-    .use(cityController(deps.city, deps.verifier))
+    .use(cityController(deps.city, deps.verifier, deps.isAdmin ?? (() => false)))
     .use(secondmeController(deps.secondme, deps.verifier))
     .use(livingMapController(deps.livingMap, deps.verifier, deps.livingMapPublic));
 }

@@ -20,6 +20,7 @@ import { MemoryPresenceManager } from "./engine/presence/memory.ts";
 import { PresenceTracker, type PresenceManager } from "./engine/presence/presence.ts";
 import { RedisPresenceManager } from "./engine/presence/redis.ts";
 import { createLimit, type RedisClient } from "./engine/ratelimit.ts";
+import { MemoryLease, RedisLease } from "./engine/lease.ts";
 import { LocalSerialQueue, RedisSerialQueue } from "./engine/serial.ts";
 import type { SocketData, SocketRoute } from "./engine/sockets.ts";
 import { RoomStreams } from "./engine/streams.ts";
@@ -30,6 +31,8 @@ import { roomSocketRoute } from "./modules/city/socket.ts";
 import { LivingMapService } from "./modules/living-map/service.ts";
 import { livingMapSocketRoute } from "./modules/living-map/socket.ts";
 import type { ReadinessReport } from "./modules/ops/index.ts";
+import { InlineSyncHost, WorkerSyncHost } from "./modules/matrix/host.ts";
+import { MatrixPresenceService } from "./modules/matrix/service.ts";
 import { PresenceService } from "./modules/presence/service.ts";
 import { presenceSocketRoute } from "./modules/presence/socket.ts";
 import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./modules/secondme/agents.ts";
@@ -43,6 +46,9 @@ import type { Store } from "./storage/store.ts";
 import pkg from "../package.json" with { type: "json" };
 
 export const VERSION: string = pkg.version;
+
+/** Broker subject telling every instance that a room was created or changed (room lists, the Matrix mapping). */
+export const ROOMS_CHANGED_SUBJECT = "city.rooms.changed";
 
 export interface StartOptions {
   log: Logger;
@@ -69,6 +75,8 @@ export interface CityInstance {
   readonly city: CityService;
   readonly presence: PresenceTracker;
   readonly livingMap: LivingMapService;
+  /** The Matrix presence aggregator (null without MATRIX_HS_URL). */
+  readonly matrix: MatrixPresenceService | null;
   /** Names of the lifecycle steps in start order (they stop in reverse). */
   readonly steps: string[];
   /** True from the moment a stop begins (`/readyz` answers 503 from then on). */
@@ -172,7 +180,11 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     city = new CityService({
       store, streams, broker, writeLimit, clock, log, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
       occupancy: { count: (roomId) => presence.roomCount(roomId), holders: (roomId) => presence.roomHolders(roomId) },
-      onRoomCreated: () => presenceService.roomsChanged(), onPublished: (n) => metrics.messages.inc(n),
+      onRoomCreated: () => {
+        roomsChanged();
+        broker.publish(ROOMS_CHANGED_SUBJECT, "{}");
+      },
+      onPublished: (n) => metrics.messages.inc(n),
     });
     streams.start();
     life.add({ name: "room streams", stop: () => streams.close() });
@@ -180,9 +192,36 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       presence, hub, streams, broker, store, clock, scheduler, log, throttleMs: config.roomPresenceThrottleMs,
       membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers, updatesMaxAudience: config.presenceUpdatesMaxAudience,
       resyncMs: config.presenceResyncMs,
+      matrixPresence: () => matrix?.presenceState() ?? null,
+      matrixRoomOf: (roomId) => matrix?.matrixRoomOf(roomId) ?? { id: null, alias: null },
     });
     presenceService.start();
     life.add({ name: "presence service", stop: () => presenceService.close() });
+
+    // Matrix presence (seed 003): one instance syncs (a lease), its people go into the presence store.
+    let matrix: MatrixPresenceService | null = null;
+    if (config.matrixHsUrl && config.matrixUserId) {
+      const m = new MatrixPresenceService({
+        settings: {
+          hsUrl: config.matrixHsUrl, userId: config.matrixUserId, accessToken: config.matrixAccessToken, password: config.matrixPassword,
+          deviceId: config.matrixDeviceId, syncTimeoutMs: config.matrixSyncTimeoutMs, aliasTemplate: config.matrixRoomAliasTemplate, leaseTtlMs: config.matrixLeaseTtlMs,
+        },
+        tracker: presence, broker, store, lease: redis ? new RedisLease(redis, config.redisKeyPrefix, "matrix-sync") : new MemoryLease(),
+        createHost: () => (config.matrixSyncWorker ? new WorkerSyncHost() : new InlineSyncHost()),
+        instanceId: presence.instanceId, presenceTtlMs: config.presenceTtlSeconds * 1000, typingTtlMs: config.typingTtlSeconds * 1000,
+        clock, scheduler, log, onActivity: (roomId) => presenceService.noteActivity(roomId),
+      });
+      m.start();
+      matrix = m;
+      life.add({ name: "matrix presence", stop: () => m.close(), timeoutMs: 3000 });
+    }
+    // A room created or changed anywhere: room lists and the Matrix mapping are read again.
+    const roomsChanged = () => {
+      presenceService.roomsChanged();
+      matrix?.roomsChanged();
+    };
+    const unsubscribeRooms = broker.subscribe(ROOMS_CHANGED_SUBJECT, () => roomsChanged());
+    life.add({ name: "room changes", stop: () => unsubscribeRooms() });
     const livingMap = new LivingMapService({
       store, broker, hub, presence, log, clock, scheduler, version: VERSION,
       urls: { space: config.spaceServiceUrl, agents: config.agentsServiceUrl, microdao: config.microdaoServiceUrl, dao: config.daoServiceUrl, usage: config.usageEngineUrl },
@@ -193,7 +232,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     });
     await livingMap.start();
     life.add({ name: "living map", stop: () => livingMap.close(), timeoutMs: 3000 });
-    const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats, livingMap });
+    const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats, livingMap, matrix: matrix ? () => matrix!.report() : undefined });
 
     const agents =
       config.agentsTransport === "off"
@@ -217,7 +256,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     });
     const created = await city.ensureDefaultRooms(config.defaultRooms);
     if (created.length) log.info("city: default rooms created", { slugs: created });
-    presenceService.roomsChanged();
+    roomsChanged();
     void livingMap.refreshCity();
 
     let stopping = false;
@@ -235,12 +274,25 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       }
       engines.broker = { engine: broker.engine, state: broker.state(), ...(broker.detail ? { detail: broker.detail() } : {}) };
       engines.presence = { engine: presence.engine, state: presence.state() };
-      const degraded = broker.state() !== "up" || presence.state() !== "up";
+      let matrixDown = false;
+      let matrixReport: Record<string, unknown> | undefined;
+      if (matrix) {
+        const r = matrix.report();
+        matrixDown = !(r.state === "syncing" || r.state === "following");
+        const age = r.lastSyncAgeSeconds === null ? "no sync yet" : `last sync ${r.lastSyncAgeSeconds} s ago`;
+        engines.matrix = { engine: "matrix", state: matrixDown ? "down" : "up", detail: `${r.leader ? "leader" : "follower"}, ${r.state}, ${age}, presence ${r.presence}` };
+        matrixReport = { ...r };
+      }
+      const degraded = broker.state() !== "up" || presence.state() !== "up" || matrixDown;
       const status = stopping || engines.store.state === "down" ? "not_ready" : degraded ? "degraded" : "ready";
-      return { status, engines };
+      return matrixReport ? { status, engines, matrix: matrixReport } : { status, engines };
     };
 
-    const app = createApp({ city, secondme, verifier, readiness, log, version: VERSION, metrics, livingMap, livingMapPublic: config.livingMapPublic });
+    const admins = new Set(config.cityAdminUsers);
+    const app = createApp({
+      city, secondme, verifier, readiness, log, version: VERSION, metrics, livingMap, livingMapPublic: config.livingMapPublic,
+      isAdmin: (p) => p.role === "admin" || admins.has(p.userId),
+    });
     const routes = [
       roomSocketRoute({
         city, streams, presence, verifier, log, maxFrameBytes: config.wsMaxFrameBytes, recoveryMax: config.roomRecoveryMaxMessages,
@@ -293,7 +345,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     return {
       url: `http://${config.host === "0.0.0.0" ? "127.0.0.1" : config.host}:${server.port}`,
       port: server.port!,
-      server, app, store, broker, hub, streams, city, presence, livingMap,
+      server, app, store, broker, hub, streams, city, presence, livingMap, matrix,
       steps: life.names(),
       isStopping: () => stopping,
       stop,

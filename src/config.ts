@@ -6,7 +6,7 @@
  * stops the start with one line of the form `config: PORT must be an integer in 1..65535, got "x"`.
  */
 import path from "node:path";
-import { SLUG_RE } from "./ids.ts";
+import { SLUG_RE, USER_ID_RE } from "./ids.ts";
 import type { LogLevel } from "./log.ts";
 
 /** The validated configuration every subsystem receives. Units are in the field names. */
@@ -57,6 +57,24 @@ export interface Config {
   typingTtlSeconds: number;
   /** `presence.update` goes out only while at most this many local sockets listen for it (storm guard). */
   presenceUpdatesMaxAudience: number;
+  /** Users who may change rooms and their Matrix mapping (besides tokens with `role: "admin"`). */
+  cityAdminUsers: string[];
+  /** Matrix homeserver for presence (seed 003 §8); `null`: Matrix presence is off. */
+  matrixHsUrl: string | null;
+  matrixAccessToken: string | null;
+  /** The aggregator's bot account (`@presence_daemon:daarion.space`). */
+  matrixUserId: string | null;
+  /** Logs the bot in (m.login.password) when there is no token or the token is refused. */
+  matrixPassword: string | null;
+  matrixDeviceId: string;
+  /** `/sync` long-poll timeout, ms. */
+  matrixSyncTimeoutMs: number;
+  /** Alias for rooms without a mapping, `{slug}` replaced (e.g. `#city_{slug}:daarion.space`); null: none. */
+  matrixRoomAliasTemplate: string | null;
+  /** The sync lease's lifetime, ms: a dead holder is replaced within twice this. */
+  matrixLeaseTtlMs: number;
+  /** Run the sync loop in its worker thread (`true`) or on the main thread. */
+  matrixSyncWorker: boolean;
   /** Agents Core over HTTP: base URL of `POST /agents/{id}/invoke` (and the living map's agents-service). */
   agentsServiceUrl: string | null;
   /** Living-map upstreams (seed 004 §3.2); `null`: that source is `not_configured`. */
@@ -295,6 +313,47 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   },
   { env: "TYPING_TTL_SECONDS", key: "typingTtlSeconds", type: "integer 1..60", fallback: "6", doc: "A `room.typing` counts in `typing_count` this long without a refresh.", parse: int(1, 60) },
   {
+    env: "CITY_ADMIN_USERS", key: "cityAdminUsers", type: "comma-separated user ids", fallback: "",
+    doc: "Users who may `PATCH /city/rooms/{room_id}` and set a room's Matrix mapping; a token with the claim `role: \"admin\"` may too (`daarion-city token <user> --role admin`).",
+    parse: (raw, env) => {
+      const list = (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean);
+      for (const u of list) if (!USER_ID_RE.test(u)) fail(env, "must be user ids (u_…) separated by commas", raw ?? "");
+      return list;
+    },
+  },
+  {
+    env: "MATRIX_HS_URL", key: "matrixHsUrl", type: "http(s) URL",
+    doc: "Matrix homeserver whose presence and typing are folded into room presence (seed 003). Unset: Matrix presence is off. Needs MATRIX_USER_ID and MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD.",
+    parse: optionalUrl(["http:", "https:"]),
+  },
+  { env: "MATRIX_ACCESS_TOKEN", key: "matrixAccessToken", type: "string", doc: "The bot's access token (never retried once refused; see MATRIX_PASSWORD).", parse: optionalString },
+  {
+    env: "MATRIX_USER_ID", key: "matrixUserId", type: "Matrix user id", doc: "The bot account that syncs, joined to the city's Matrix rooms (seed 003: `@presence_daemon:daarion.space`). Never counted.",
+    parse: (raw, env) => {
+      const v = optionalString(raw?.trim());
+      if (v && !/^@[^\s:]+:[^\s]+$/.test(v)) return fail(env, "must be a Matrix user id like @presence_daemon:daarion.space", v);
+      return v;
+    },
+  },
+  { env: "MATRIX_PASSWORD", key: "matrixPassword", type: "string", doc: "Optional: log the bot in with this password when there is no token or the homeserver refuses it (401).", parse: optionalString },
+  { env: "MATRIX_DEVICE_ID", key: "matrixDeviceId", type: "string", fallback: "DAARION_CITY_PRESENCE", doc: "Device id of password logins (fixed, so logins do not pile up devices).", parse: (r) => (r ?? "").trim() || "DAARION_CITY_PRESENCE" },
+  { env: "MATRIX_SYNC_TIMEOUT_MS", key: "matrixSyncTimeoutMs", type: "integer 0..120000", fallback: "30000", doc: "`/sync` long-poll timeout; the HTTP timeout is this plus 30 s.", parse: int(0, 120_000) },
+  {
+    env: "MATRIX_ROOM_ALIAS_TEMPLATE", key: "matrixRoomAliasTemplate", type: "alias with {slug}",
+    doc: "Gives every room without a Matrix mapping an alias, resolved through the room directory (e.g. `#city_{slug}:daarion.space`). Unset: only mapped rooms are tracked.",
+    parse: (raw, env) => {
+      const v = optionalString(raw?.trim());
+      if (v && !/^#[^\s:]*\{slug\}[^\s:]*:[^\s]+$/.test(v)) return fail(env, "must be an alias containing {slug}, like #city_{slug}:daarion.space", v);
+      return v;
+    },
+  },
+  { env: "MATRIX_LEASE_TTL_MS", key: "matrixLeaseTtlMs", type: "integer 1000..600000", fallback: "15000", doc: "One instance syncs at a time, holding a lease of this lifetime (in Redis with REDIS_URL); a dead holder is replaced within twice this.", parse: int(1000, 600_000) },
+  {
+    env: "MATRIX_SYNC_WORKER", key: "matrixSyncWorker", type: "on or off", fallback: "on",
+    doc: "`on`: the sync loop and its aggregation run in a worker thread. `off`: on the main thread (for comparison in `bench/`).",
+    parse: (r, env) => oneOf(["on", "off"] as const)(r, env) === "on",
+  },
+  {
     env: "AGENTS_SERVICE_URL", key: "agentsServiceUrl", type: "http(s) URL",
     doc: "agents-service / Agents Core base URL: Second Me calls `POST {AGENTS_SERVICE_URL}/agents/{SECONDME_AGENT_ID}/invoke`; the living map reads `GET /agents` and `GET /agents/metrics`. Unset (and no AGENTS_TRANSPORT): Second Me answers 503 and the map's agents source is `not_configured`.",
     parse: optionalUrl(["http:", "https:"]),
@@ -436,6 +495,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   // One stream and consumer per subject prefix, so cities (or test runs) on one NATS never share them.
   if (!c.livingMapStream) c.livingMapStream = defaultLivingMapStream(c.natsSubjectPrefix);
   if (!c.livingMapConsumer) c.livingMapConsumer = defaultLivingMapConsumer(c.natsSubjectPrefix);
+  if (c.matrixHsUrl && !c.matrixUserId) throw new ConfigError("config: MATRIX_HS_URL needs MATRIX_USER_ID (the bot account that syncs)");
+  if (c.matrixHsUrl && !c.matrixAccessToken && !c.matrixPassword) throw new ConfigError("config: MATRIX_HS_URL needs MATRIX_ACCESS_TOKEN or MATRIX_PASSWORD");
   if (c.shutdownDrainDelayMs >= c.shutdownTimeoutMs) {
     throw new ConfigError(`config: SHUTDOWN_DRAIN_DELAY_MS (${c.shutdownDrainDelayMs}) must be shorter than SHUTDOWN_TIMEOUT_MS (${c.shutdownTimeoutMs})`);
   }

@@ -51,3 +51,6 @@ export const SLUG_PATTERN = "^[a-z0-9][a-z0-9_-]{0,62}$";
 export const SLUG_RE = new RegExp(SLUG_PATTERN);
 /** Room ids as made by {@link roomIdForSlug}. */
 export const ROOM_ID_RE = /^room_city_[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/** A city user id (a token's `sub`): `u_` and 1 to 120 of `[A-Za-z0-9._-]`. */
+export const USER_ID_RE = /^u_[A-Za-z0-9._-]{1,120}$/;

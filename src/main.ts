@@ -18,8 +18,9 @@ const USAGE = `daarion-city ${VERSION}: the DAARION City realtime backend
 usage:
   daarion-city [serve]                 start the server (applies migrations first)
   daarion-city migrate                 apply pending migrations and exit
-  daarion-city token <user_id> [--ttl <seconds>]
-                                       print a bearer token for user_id (default ttl 30 days)
+  daarion-city token <user_id> [--ttl <seconds>] [--role admin]
+                                       print a bearer token for user_id (default ttl 30 days;
+                                       --role admin may change rooms and their Matrix mapping)
   daarion-city simulate [--rate <events/s>] [--duration <s>] [--nodes <n>] [--agents <n>] [--seed <n>]
                                        publish living-map traffic on NATS_URL (default 50/s, forever)
   daarion-city --version | --help
@@ -76,8 +77,11 @@ async function token(config: Config, args: string[]): Promise<void> {
     ttl = Number(args[i + 1]);
     if (!Number.isInteger(ttl) || ttl < 1) throw new UsageError(`token: --ttl must be a positive number of seconds, got ${JSON.stringify(args[i + 1])}`);
   }
+  const r = args.indexOf("--role");
+  const role = r >= 0 ? args[r + 1] : null;
+  if (r >= 0 && (!role || role.startsWith("-"))) throw new UsageError("token: --role needs a value, e.g. --role admin");
   const { secret } = resolveSecret(config.jwtSecret, config.dataDir);
-  console.log(await signToken(secret, userId, ttl, { issuer: config.jwtIssuer, audience: config.jwtAudience }));
+  console.log(await signToken(secret, userId, ttl, { issuer: config.jwtIssuer, audience: config.jwtAudience, role }));
 }
 
 async function simulateCommand(config: Config, args: string[]): Promise<void> {

@@ -3,6 +3,7 @@
  * RS256 with JWT_PUBLIC_KEY when configured. Signing and verification are jose's; nothing here
  * does crypto by hand.
  */
+import { USER_ID_RE } from "../ids.ts";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { errors as joseErrors, importSPKI, jwtVerify, SignJWT, type CryptoKey, type JWTVerifyGetKey } from "jose";
@@ -10,7 +11,7 @@ import { systemClock, type Clock } from "../clock.ts";
 import { AppError } from "../engine/errors.ts";
 
 /** User ids as the seeds write them: `u_` then 1 to 120 of `[A-Za-z0-9._-]`. */
-export const USER_ID_RE = /^u_[A-Za-z0-9._-]{1,120}$/;
+export { USER_ID_RE };
 
 export interface TokenVerifierOptions {
   /** HS256 key. */
@@ -34,6 +35,8 @@ export interface Principal {
   userId: string;
   /** When the token stops being honoured (epoch ms): its `exp`, capped by the maximum lifetime. */
   expiresAt: number;
+  /** The token's `role` claim when it is a string (`"admin"` may change rooms: SPEC `PATCH /city/rooms/{room_id}`). */
+  role?: string;
 }
 
 /** Default maximum token lifetime, s (the `token` command's default lifetime). */
@@ -89,6 +92,7 @@ export class TokenVerifier {
     let sub: unknown;
     let exp: number | undefined;
     let iat: number | undefined;
+    let role: unknown;
     try {
       const { payload } = await jwtVerify(token, this.getKey, {
         algorithms: this.algorithms,
@@ -100,6 +104,7 @@ export class TokenVerifier {
       sub = payload.sub;
       exp = payload.exp;
       iat = payload.iat;
+      role = payload.role;
     } catch (err) {
       if (err instanceof joseErrors.JWTExpired) throw new AppError("unauthorized", "token expired");
       if (err instanceof joseErrors.JWTClaimValidationFailed) throw new AppError("unauthorized", `token claim rejected: ${err.claim}`);
@@ -115,7 +120,7 @@ export class TokenVerifier {
     }
     const expiresAt = Math.min(typeof exp === "number" ? exp * 1000 + 5000 : Infinity, issued + maxMs);
     if (expiresAt <= now) throw new AppError("unauthorized", "token expired: older than the maximum token lifetime (JWT_MAX_TTL_SECONDS)");
-    const principal = { userId: sub, expiresAt };
+    const principal: Principal = typeof role === "string" ? { userId: sub, expiresAt, role } : { userId: sub, expiresAt };
     if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
     this.cache.set(token, principal);
     return principal;
@@ -137,11 +142,17 @@ export class TokenVerifier {
 /**
  * Signs an HS256 token for `userId`.
  * @param ttlSeconds lifetime; the token carries `iat` and `exp`
+ * @param claims `iss`, `aud` and a `role` claim (`admin` may change rooms) when given
  * @throws Error when `userId` is not a user id
  */
-export async function signToken(secret: string, userId: string, ttlSeconds: number, claims: { issuer?: string | null; audience?: string | null } = {}): Promise<string> {
+export async function signToken(
+  secret: string,
+  userId: string,
+  ttlSeconds: number,
+  claims: { issuer?: string | null; audience?: string | null; role?: string | null } = {},
+): Promise<string> {
   if (!USER_ID_RE.test(userId)) throw new Error(`token: user id must match ${USER_ID_RE.source}, got ${JSON.stringify(userId)}`);
-  let jwt = new SignJWT({}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(userId).setIssuedAt().setExpirationTime(`${ttlSeconds}s`);
+  let jwt = new SignJWT(claims.role ? { role: claims.role } : {}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(userId).setIssuedAt().setExpirationTime(`${ttlSeconds}s`);
   if (claims.issuer) jwt = jwt.setIssuer(claims.issuer);
   if (claims.audience) jwt = jwt.setAudience(claims.audience);
   return jwt.sign(new TextEncoder().encode(secret));

@@ -21,6 +21,10 @@ export const ERROR_STATUS = {
   entity_not_found: 404,
   /** `POST /city/rooms` with a slug that another room already has. */
   slug_taken: 409,
+  /** A `matrix_room_id` that another room already maps to (one Matrix room feeds one city room). */
+  matrix_room_taken: 409,
+  /** Only an admin (CITY_ADMIN_USERS, or a token with `role: "admin"`) may do this. */
+  forbidden: 403,
   /** The request body is larger than HTTP_MAX_BODY_BYTES. */
   payload_too_large: 413,
   /** Per-user write rate exceeded; `Retry-After` says when to try again. */

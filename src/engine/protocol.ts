@@ -78,9 +78,13 @@ export interface RoomPresenceCounts {
   typing_count: number;
 }
 
-/** `{ "type": "snapshot", "rooms": [{ room_slug, online_count, typing_count }] }` (seed 003 §6.2). */
-export function encodePresenceSnapshot(rooms: RoomPresenceCounts[]): string {
-  return JSON.stringify({ type: "snapshot", rooms });
+/**
+ * `{ "type": "snapshot", "rooms": [{ room_slug, online_count, typing_count }] }` (seed 003 §6.2),
+ * plus `matrix_presence` (`ok`, or `unknown` while the homeserver has sent no presence at all)
+ * when a Matrix homeserver is configured.
+ */
+export function encodePresenceSnapshot(rooms: RoomPresenceCounts[], matrixPresence: "ok" | "unknown" | null = null): string {
+  return JSON.stringify(matrixPresence ? { type: "snapshot", rooms, matrix_presence: matrixPresence } : { type: "snapshot", rooms });
 }
 
 /** `{ "type": "room.presence", room_slug, online_count, typing_count }` (seed 003 §6.2). */

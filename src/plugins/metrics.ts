@@ -9,6 +9,7 @@ import type { Hub } from "../engine/hub.ts";
 import type { PresenceTracker } from "../engine/presence/presence.ts";
 import type { RoomStreams } from "../engine/streams.ts";
 import type { LivingMapService } from "../modules/living-map/service.ts";
+import type { MatrixReport } from "../modules/matrix/service.ts";
 
 /** What the metrics read; each is optional so a partial city (tests) can still expose some. */
 export interface MetricsSources {
@@ -19,6 +20,8 @@ export interface MetricsSources {
   /** The presence service's counters. */
   presenceEvents?: { countsPublished: number; countsApplied: number; badEvents: number };
   livingMap?: LivingMapService;
+  /** The Matrix sync loop's report (absent: no homeserver configured). */
+  matrix?: () => MatrixReport;
 }
 
 export interface CityMetrics {
@@ -127,6 +130,19 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
       for (const [source, st] of map.upstreamStats) for (const outcome of ["ok", "failed"] as const) yield [{ source, outcome }, st[outcome]];
     });
     gauge("daarion_city_living_map_scene_version", "Changes of the living map's scene so far", () => map.scene.changes);
+  }
+  const matrix = deps.matrix;
+  if (matrix) {
+    gauge("daarion_city_matrix_leader", "1 while this instance holds the sync lease and runs the Matrix sync loop", () => (matrix().leader ? 1 : 0));
+    gauge("daarion_city_matrix_last_sync_age_seconds", "Seconds since the sync loop's last successful /sync (-1 before one)", () => matrix().lastSyncAgeSeconds ?? -1);
+    gauge("daarion_city_matrix_backoff_ms", "Current wait of the sync loop before its next attempt (0 when not backing off)", () => matrix().backoffMs);
+    gauge("daarion_city_matrix_presence_known", "1 once the homeserver has sent presence (0: unknown, presence may be disabled there)", () => (matrix().presence === "ok" ? 1 : 0));
+    gauge("daarion_city_matrix_rooms", "Matrix rooms the sync loop tracks", () => matrix().rooms);
+    gauge("daarion_city_matrix_members", "Matrix users in the tracked rooms", () => matrix().members);
+    mirror("daarion_city_matrix_user_presence_published_total", "Matrix user presence changes published on city.presence.user.<localpart>", () => matrix().usersPublished);
+    mirrorLabelled("daarion_city_matrix_sync_errors_total", "Sync loop errors by kind (of the lease holder)", ["kind"], function* () {
+      for (const [kind, n] of Object.entries(matrix().errors)) yield [{ kind }, n ?? 0];
+    });
   }
   const messages = new Counter({ name: "daarion_city_room_messages_total", help: "Room messages committed and published here", registers: [registry] });
   return { registry, messages };

@@ -20,7 +20,7 @@ import type { Store } from "./store.ts";
 const PLAIN = new Set<PropertyKey>(["engine"]);
 /** Methods that write what a user asked for (the readiness probe is not one of them). */
 const WRITES = new Set<PropertyKey>([
-  "createRoom", "appendMessages", "secondmeSession", "appendSecondmeMessage", "setSecondmeStatus", "clearSecondme",
+  "createRoom", "updateRoom", "appendMessages", "secondmeSession", "appendSecondmeMessage", "setSecondmeStatus", "clearSecondme",
 ]);
 
 export interface GuardedStore extends Store {

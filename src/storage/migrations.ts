@@ -8,11 +8,13 @@ import pg0002 from "../../migrations/postgres/0002_secondme_status.sql" with { t
 import pg0003 from "../../migrations/postgres/0003_room_seq.sql" with { type: "text" };
 import pg0004 from "../../migrations/postgres/0004_health.sql" with { type: "text" };
 import pg0005 from "../../migrations/postgres/0005_living_map.sql" with { type: "text" };
+import pg0006 from "../../migrations/postgres/0006_matrix.sql" with { type: "text" };
 import lite0001 from "../../migrations/sqlite/0001_city.sql" with { type: "text" };
 import lite0002 from "../../migrations/sqlite/0002_secondme_status.sql" with { type: "text" };
 import lite0003 from "../../migrations/sqlite/0003_room_seq.sql" with { type: "text" };
 import lite0004 from "../../migrations/sqlite/0004_health.sql" with { type: "text" };
 import lite0005 from "../../migrations/sqlite/0005_living_map.sql" with { type: "text" };
+import lite0006 from "../../migrations/sqlite/0006_matrix.sql" with { type: "text" };
 
 /** One migration: `version` is the file name without `.sql` (e.g. `0001_city`); applied in version order. */
 export interface Migration {
@@ -26,6 +28,7 @@ export const POSTGRES_MIGRATIONS: Migration[] = [
   { version: "0003_room_seq", sql: pg0003 },
   { version: "0004_health", sql: pg0004 },
   { version: "0005_living_map", sql: pg0005 },
+  { version: "0006_matrix", sql: pg0006 },
 ];
 export const SQLITE_MIGRATIONS: Migration[] = [
   { version: "0001_city", sql: lite0001 },
@@ -33,6 +36,7 @@ export const SQLITE_MIGRATIONS: Migration[] = [
   { version: "0003_room_seq", sql: lite0003 },
   { version: "0004_health", sql: lite0004 },
   { version: "0005_living_map", sql: lite0005 },
+  { version: "0006_matrix", sql: lite0006 },
 ];
 
 /** A short, stable fingerprint of a migration's text, recorded when applied to detect later edits. */

@@ -6,7 +6,7 @@
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
 import type {
-  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 
 export interface PostgresStoreOptions {
@@ -164,6 +164,31 @@ export class PostgresStore implements Store {
 
   async listRoomMatrixMappings(): Promise<RoomMatrixMapping[]> {
     return [...(await this.sql<RoomMatrixMapping[]>`select id, slug, matrix_room_id, matrix_room_alias from city_rooms order by slug`)];
+  }
+
+  async updateRoom(id: string, patch: RoomPatch): Promise<Room | "not_found" | "matrix_room_taken"> {
+    const cols = (["name", "description", "matrix_room_id", "matrix_room_alias"] as const).filter((c) => patch[c] !== undefined);
+    try {
+      const [row] =
+        cols.length === 0
+          ? await this.sql<RoomRowPg[]>`select * from city_rooms where id = ${id}`
+          : await this.sql<RoomRowPg[]>`update city_rooms set ${this.sql(Object.fromEntries(cols.map((c) => [c, patch[c] ?? null])), ...cols)} where id = ${id} returning *`;
+      return row ? toRoom(row) : "not_found";
+    } catch (err) {
+      if ((err as { code?: string }).code === "23505") return "matrix_room_taken";
+      throw err;
+    }
+  }
+
+  async matrixSyncToken(account: string): Promise<string | null> {
+    const [row] = await this.sql<{ next_batch: string }[]>`select next_batch from matrix_sync_state where account = ${account}`;
+    return row?.next_batch ?? null;
+  }
+
+  async saveMatrixSyncToken(account: string, nextBatch: string): Promise<void> {
+    await this.sql`
+      insert into matrix_sync_state (account, next_batch, updated_at) values (${account}, ${nextBatch}, now())
+      on conflict (account) do update set next_batch = excluded.next_batch, updated_at = excluded.updated_at`;
   }
 
   async messageCountsSince(since: string): Promise<Map<string, number>> {

@@ -3,7 +3,7 @@
  * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
  */
 import type { Database } from "bun:sqlite";
-import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, SecondmeMessage, SecondmeStatus } from "./store.ts";
+import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, RoomPatch, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
 /** One living-map event as the values of its insert: id, timestamp, event_type, payload (JSON text), source, entity_id, entity_type, stream_seq. */
 export type LivingMapRowValues = [string, string, string, string, string, string | null, string | null, number | null];
@@ -37,6 +37,9 @@ export interface SqliteWrites {
   saveLivingMapSnapshot(s: LivingMapSnapshotRow): void;
   /** @returns events deleted */
   pruneLivingMap(olderThan: string, limit: number): number;
+  /** @returns the room row after the change, `null` for an unknown room, `matrix_room_taken` on a duplicate Matrix room id */
+  updateRoom(id: string, patch: RoomPatch): Record<string, unknown> | null | "matrix_room_taken";
+  saveMatrixSyncToken(account: string, nextBatch: string, at: string): void;
 }
 
 export type SqliteWriteOp = keyof SqliteWrites;
@@ -130,6 +133,23 @@ export function sqliteWrites(db: Database): SqliteWrites {
       db.query("update secondme_messages set status = ?, error = ? where id = ?").run(status, error, id);
     },
     clearSecondme: (u) => clear(u),
+    updateRoom: (id, patch) => {
+      const cols = (["name", "description", "matrix_room_id", "matrix_room_alias"] as const).filter((c) => patch[c] !== undefined);
+      if (cols.length === 0) return db.query<Record<string, unknown>, [string]>("select * from city_rooms where id = ?").get(id);
+      try {
+        return db
+          .query<Record<string, unknown>, (string | null)[]>(`update city_rooms set ${cols.map((c) => `${c} = ?`).join(", ")} where id = ? returning *`)
+          .get(...cols.map((c) => patch[c] ?? null), id);
+      } catch (err) {
+        if ((err as { code?: string }).code === "SQLITE_CONSTRAINT_UNIQUE") return "matrix_room_taken";
+        throw err;
+      }
+    },
+    saveMatrixSyncToken: (account, nextBatch, at) => {
+      db.query(
+        "insert into matrix_sync_state (account, next_batch, updated_at) values (?, ?, ?) on conflict (account) do update set next_batch = excluded.next_batch, updated_at = excluded.updated_at",
+      ).run(account, nextBatch, at);
+    },
     probeWrite: (at) => {
       db.query("insert into city_health (id, probed_at) values (1, ?) on conflict (id) do update set probed_at = excluded.probed_at").run(at);
     },

@@ -13,8 +13,9 @@ import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
 import { configureConnection, livingMapRow, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
 import type {
-  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
+import { workerEntry } from "../workers/entry.ts";
 
 const MESSAGE_SELECT = `select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
   where room_id = ?1 and (?2 is null or seq < ?2) and (?3 is null or seq > ?3)`;
@@ -171,6 +172,20 @@ export class SqliteStore implements Store {
       .all();
   }
 
+  async updateRoom(id: string, patch: RoomPatch): Promise<Room | "not_found" | "matrix_room_taken"> {
+    const row = await this.writer.run("updateRoom", id, patch);
+    if (row === "matrix_room_taken") return row;
+    return row ? toRoom(row as unknown as RoomRow) : "not_found";
+  }
+
+  async matrixSyncToken(account: string): Promise<string | null> {
+    return this.db.query<{ next_batch: string }, [string]>("select next_batch from matrix_sync_state where account = ?").get(account)?.next_batch ?? null;
+  }
+
+  async saveMatrixSyncToken(account: string, nextBatch: string): Promise<void> {
+    await this.writer.run("saveMatrixSyncToken", account, nextBatch, new Date().toISOString());
+  }
+
   async messageCountsSince(since: string): Promise<Map<string, number>> {
     const rows = this.db
       .query<{ room_id: string; n: number }, [string]>("select room_id, count(*) as n from city_room_messages where created_at >= ? group by room_id")
@@ -280,15 +295,8 @@ function inline(writes: SqliteWrites): Writer {
   };
 }
 
-/**
- * Where the writer thread's code is. From source it sits next to this file; in the compiled
- * executable it is a second entry point of `bun run build`, stored under its path relative to
- * `src/` (the common root of the entry points), and every bundled module's `import.meta.url` is
- * the executable's. `test/e2e/binary.test.ts` catches a mismatch.
- */
-const WORKER_SPECIFIER = import.meta.url.includes("/$bunfs/")
-  ? "./storage/sqlite-writer.worker.ts"
-  : new URL("./sqlite-writer.worker.ts", import.meta.url).href;
+/** The writer thread's entry (an entry point of `bun run build`). */
+const WORKER_SPECIFIER = workerEntry("storage/sqlite-writer.worker.ts");
 
 /** The main thread's handle on the writer thread: one request, one reply, in order. */
 class WriterThread implements Writer {

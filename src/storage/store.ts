@@ -55,6 +55,14 @@ export interface FeedEvent {
   created_at: string;
 }
 
+/** Fields of a room an admin may change (SPEC `PATCH /city/rooms/{room_id}`). */
+export interface RoomPatch {
+  name?: string;
+  description?: string | null;
+  matrix_room_id?: string | null;
+  matrix_room_alias?: string | null;
+}
+
 /** What the presence aggregator needs to map Matrix rooms to city rooms (seed 003 §3.2). */
 export interface RoomMatrixMapping {
   id: string;
@@ -205,6 +213,20 @@ export interface Store {
 
   /** Every room's Matrix mapping, ordered by slug (seed 003 `GET /internal/city/rooms`). */
   listRoomMatrixMappings(): Promise<RoomMatrixMapping[]>;
+
+  /**
+   * Changes the given fields of a room (SPEC `PATCH /city/rooms/{room_id}`); absent fields keep
+   * their value, `null` clears a nullable one.
+   * @returns the room as stored after the change; `not_found` for an unknown room;
+   *   `matrix_room_taken` when another room already maps to that `matrix_room_id` (nothing changed)
+   */
+  updateRoom(id: string, patch: RoomPatch): Promise<Room | "not_found" | "matrix_room_taken">;
+
+  /** The Matrix sync loop's saved `next_batch` for `account` (the bot's user id), or `null`. */
+  matrixSyncToken(account: string): Promise<string | null>;
+
+  /** Saves the sync loop's `next_batch` for `account` (seed 003 §2.2; MATRIX.md "save before processing"). */
+  saveMatrixSyncToken(account: string, nextBatch: string): Promise<void>;
 
   /** Messages per room written at or after `since` (ISO time); rooms without any are left out. */
   messageCountsSince(since: string): Promise<Map<string, number>>;

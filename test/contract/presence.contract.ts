@@ -224,6 +224,27 @@ export function presenceContract(name: string, harness: PresenceHarness | null):
       expect(numbers(m, r)).toEqual({ online: 0, typing: 0, typingUsers: [], holders: 0 });
     });
 
+    test("a typing stop ends typing at the flush, before the lifetime; a stop for someone not typing changes nothing", async () => {
+      const m = await h.instance();
+      const other = await h.instance();
+      const r = room("typing-stop");
+      const [u1, u2] = [uid("s1"), uid("s2")];
+      m.typing(r, u1);
+      m.typing(r, u2);
+      await m.flush();
+      const before = m.snapshot().get(r)!.version;
+      m.stopTyping(r, u1);
+      await m.flush();
+      expect(numbers(m, r)).toEqual({ online: 0, typing: 1, typingUsers: [u2], holders: 0 });
+      // The last of start/stop queued before a flush wins.
+      m.typing(r, u1);
+      m.stopTyping(r, u1);
+      other.stopTyping(r, uid("never"));
+      await Promise.all([m.flush(), other.flush()]);
+      expect(numbers(m, r)).toEqual({ online: 0, typing: 1, typingUsers: [u2], holders: 0 });
+      expect(m.snapshot().get(r)!.version).toBe(before + 1);
+    });
+
     test("versions order the numbers: an older publication never overwrites a newer one", async () => {
       const [a, b] = [await h.instance(), await h.instance()];
       const r = room("ver");

@@ -92,7 +92,7 @@ describe("compiled binary: command line", () => {
   test("migrate applies once, then reports up to date", () => {
     const env = { PATH: process.env.PATH ?? "", DATA_DIR: mkdtempSync(path.join(work, "mig-")) };
     const first = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
-    expect(first.stdout.toString().trim()).toBe("migrate: applied 0001_city, 0002_secondme_status, 0003_room_seq, 0004_health, 0005_living_map on sqlite");
+    expect(first.stdout.toString().trim()).toBe("migrate: applied 0001_city, 0002_secondme_status, 0003_room_seq, 0004_health, 0005_living_map, 0006_matrix on sqlite");
     const second = Bun.spawnSync([binary, "migrate"], { env, stdout: "pipe", stderr: "pipe" });
     expect(second.stdout.toString().trim()).toBe("migrate: sqlite is up to date");
   });

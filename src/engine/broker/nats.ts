@@ -17,6 +17,7 @@ import { connect, ErrorCode, Events, headers, type MsgHdrs, type NatsConnection,
 import type { Logger } from "../../log.ts";
 import { BrokerRequestError, type Broker, type EventStream, type StreamEvent, type SubscribeOptions } from "./broker.ts";
 import { BusCore, FLUSH_MARK, ORIGIN_HEADER, type BusCommand, type BusEvent } from "./bus-core.ts";
+import { workerEntry } from "../../workers/entry.ts";
 
 export interface NatsBrokerOptions {
   /** One URL or several separated by commas. */
@@ -36,14 +37,8 @@ export interface NatsBrokerOptions {
   beatTimeoutMs?: number;
 }
 
-/**
- * Where the worker's code is. From source it sits in `src/workers/`; in the compiled executable it
- * is an entry point of `bun run build`, stored under its path relative to `src/`, and every bundled
- * module's `import.meta.url` is the executable's. `test/e2e/binary.test.ts` guards it.
- */
-const WORKER_SPECIFIER = import.meta.url.includes("/$bunfs/")
-  ? "./workers/bus.worker.ts"
-  : new URL("../../workers/bus.worker.ts", import.meta.url).href;
+/** The bus worker's entry (an entry point of `bun run build`). */
+const WORKER_SPECIFIER = workerEntry("workers/bus.worker.ts");
 
 interface Sub {
   pattern: string;

@@ -61,6 +61,9 @@ export class MemoryPresenceManager implements PresenceManager {
       r.typers.set(userId, now + this.o.typingTtlMs);
       if (isNew) w.touch(roomId);
     }
+    for (const { roomId, userId } of batch.typingStops ?? []) {
+      if (this.rooms.get(roomId)?.typers.delete(userId)) w.touch(roomId);
+    }
     return w.result();
   }
 

@@ -68,6 +68,8 @@ export interface PresenceBatch {
   /** This instance no longer holds these. */
   releases: RoomUser[];
   typing: RoomUser[];
+  /** These stopped typing now (a Matrix typing list that dropped them), before their typing lifetime ends. */
+  typingStops?: RoomUser[];
 }
 
 /** What a write changed, reported only to its writer. */
@@ -159,7 +161,8 @@ export class PresenceTracker {
   private heartbeats = new Set<string>();
   /** (room, user) → what to write next: the last of hold/release wins. */
   private holdOps = new Map<string, "hold" | "release">();
-  private typingOps = new Set<string>();
+  /** (room, user) → typing started (or refreshed) or stopped: the last one wins. */
+  private typingOps = new Map<string, "start" | "stop">();
   /** Every room's numbers as this instance knows them. */
   private readonly view = new Map<string, RoomCounts>();
   private lastHoldRefresh: number;
@@ -297,7 +300,12 @@ export class PresenceTracker {
 
   /** Marks `userId` typing in `roomId` for the typing lifetime (written at the next flush). */
   typing(roomId: string, userId: string): void {
-    this.typingOps.add(key(roomId, userId));
+    this.typingOps.set(key(roomId, userId), "start");
+  }
+
+  /** Ends `userId`'s typing in `roomId` at the next flush rather than at the end of its lifetime. */
+  stopTyping(roomId: string, userId: string): void {
+    this.typingOps.set(key(roomId, userId), "stop");
   }
 
   /** Users online in a room, as this instance knows it (0 for an unknown room). */
@@ -397,9 +405,10 @@ export class PresenceTracker {
     const typingOps = this.typingOps;
     this.heartbeats = new Set();
     this.holdOps = new Map();
-    this.typingOps = new Set();
-    const batch: PresenceBatch = { instance: this.instanceId, heartbeats: [...heartbeats], holds: [], releases: [], typing: [...typingOps].map(unkey) };
+    this.typingOps = new Map();
+    const batch: PresenceBatch = { instance: this.instanceId, heartbeats: [...heartbeats], holds: [], releases: [], typing: [], typingStops: [] };
     for (const [k, op] of holdOps) (op === "hold" ? batch.holds : batch.releases).push(unkey(k));
+    for (const [k, op] of typingOps) (op === "start" ? batch.typing : batch.typingStops!).push(unkey(k));
     this.flushing = (async () => {
       try {
         const changes = await this.o.manager.apply(batch, this.o.clock.now());
@@ -413,7 +422,7 @@ export class PresenceTracker {
         // Keep what was not written; newer operations queued meanwhile take precedence.
         for (const u of heartbeats) this.heartbeats.add(u);
         for (const [k, op] of holdOps) if (!this.holdOps.has(k)) this.holdOps.set(k, op);
-        for (const k of typingOps) this.typingOps.add(k);
+        for (const [k, op] of typingOps) if (!this.typingOps.has(k)) this.typingOps.set(k, op);
         throw err;
       } finally {
         this.flushing = null;

@@ -86,13 +86,14 @@ end
 `;
 
 /**
- * ARGV: now, presence-until, typing-until, instance, #heartbeats, #holds, #releases, #typing, then
- * the heartbeats' users and (room, user) pairs of holds, releases and typing.
+ * ARGV: now, presence-until, typing-until, instance, #heartbeats, #holds, #releases, #typing,
+ * #typing stops, then the heartbeats' users and (room, user) pairs of holds, releases, typing and
+ * typing stops.
  */
 const APPLY = `${COMMON}
 local untilMs, typingUntil, inst = ARGV[2], ARGV[3], ARGV[4]
-local nH, nHo, nR, nT = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local i = 9
+local nH, nHo, nR, nT, nS = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local i = 10
 for _ = 1, nH do
   local u = ARGV[i]; i = i + 1
   if redis.call('ZADD', online, untilMs, u) == 1 then
@@ -122,6 +123,15 @@ for _ = 1, nT do
   if redis.call('ZADD', typing, typingUntil, m) == 1 then
     redis.call('ZADD', tl, 0, m)
     redis.call('HINCRBY', tc, r, 1)
+    touch(r)
+  end
+end
+for _ = 1, nS do
+  local r, u = ARGV[i], ARGV[i + 1]; i = i + 2
+  local m = r .. '|' .. u
+  if redis.call('ZREM', typing, m) == 1 then
+    redis.call('ZREM', tl, m)
+    if redis.call('HINCRBY', tc, r, -1) <= 0 then redis.call('HDEL', tc, r) end
     touch(r)
   end
 end
@@ -248,9 +258,10 @@ export class RedisPresenceManager implements PresenceManager {
     const args = [
       String(now), String(now + this.o.ttlMs), String(now + this.o.typingTtlMs), batch.instance,
       String(batch.heartbeats.length), String(batch.holds.length), String(batch.releases.length), String(batch.typing.length),
+      String(batch.typingStops?.length ?? 0),
       ...batch.heartbeats,
     ];
-    for (const list of [batch.holds, batch.releases, batch.typing]) for (const { roomId, userId } of list) args.push(roomId, userId);
+    for (const list of [batch.holds, batch.releases, batch.typing, batch.typingStops ?? []]) for (const { roomId, userId } of list) args.push(roomId, userId);
     // The seed keys live outside the hash tag; written in the same tick, they share the round trip.
     let seedKeys: Promise<unknown> = Promise.resolve();
     if (batch.heartbeats.length) {

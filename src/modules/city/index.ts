@@ -9,7 +9,7 @@ import { ROOM_ID_RE } from "../../ids.ts";
 import { authPlugin, requireUser } from "../../plugins/auth.ts";
 import {
   CreateRoomBody, ErrorModel, FeedEventModel, FeedQuery, MembershipModel, MessageModel, MessagesQuery, PostMessageBody,
-  RoomDetailModel, RoomListItemModel, RoomMappingModel, RoomModel, RoomParams, RoomsQuery,
+  RoomDetailModel, RoomListItemModel, RoomMappingModel, RoomModel, RoomParams, RoomsQuery, UpdateRoomBody,
 } from "./model.ts";
 import type { CityService } from "./service.ts";
 
@@ -19,9 +19,13 @@ function roomId(raw: string): string {
   return raw;
 }
 
-const errors = { 400: ErrorModel, 401: ErrorModel, 404: ErrorModel, 409: ErrorModel, 429: ErrorModel, 503: ErrorModel };
+const errors = { 400: ErrorModel, 401: ErrorModel, 403: ErrorModel, 404: ErrorModel, 409: ErrorModel, 429: ErrorModel, 503: ErrorModel };
 
-export function cityController(city: CityService, verifier: TokenVerifier) {
+/**
+ * @param isAdmin whether a verified principal may change rooms and their Matrix mapping (SPEC:
+ *   a user listed in CITY_ADMIN_USERS, or a token with `role: "admin"`)
+ */
+export function cityController(city: CityService, verifier: TokenVerifier, isAdmin: (p: Principal) => boolean) {
   /** Handler of `POST /city/rooms/{id}/join|leave` (seed 001). */
   const announce =
     (event: "room.join" | "room.leave") =>
@@ -41,14 +45,35 @@ export function cityController(city: CityService, verifier: TokenVerifier) {
     .post(
       "/city/rooms",
       async ({ body, principal, set }) => {
-        const room = await city.createRoom(requireUser(principal), body);
+        const room = await city.createRoom(requireUser(principal), body, principal !== null && isAdmin(principal));
         set.status = 201;
         return room;
       },
       {
         body: CreateRoomBody,
         response: { 201: RoomModel, ...errors },
-        detail: { tags: ["City"], summary: "Create a room (id = room_city_{slug}); 409 when the slug is taken", security: [{ bearer: [] }] },
+        detail: {
+          tags: ["City"],
+          summary: "Create a room (id = room_city_{slug}); 409 when the slug is taken; the Matrix fields are for admins only (403 otherwise)",
+          security: [{ bearer: [] }],
+        },
+      },
+    )
+    .patch(
+      "/city/rooms/:room_id",
+      ({ params, body, principal }) => {
+        const user = requireUser(principal);
+        return city.updateRoom(user, roomId(params.room_id), body, isAdmin(principal!));
+      },
+      {
+        params: RoomParams,
+        body: UpdateRoomBody,
+        response: { 200: RoomModel, ...errors },
+        detail: {
+          tags: ["City"],
+          summary: "Change a room's name, description or Matrix mapping (admins only: CITY_ADMIN_USERS or a token with role \"admin\"; others get 403 forbidden)",
+          security: [{ bearer: [] }],
+        },
       },
     )
     .get("/city/rooms/:room_id", ({ params }) => city.getRoomDetail(roomId(params.room_id)), {

@@ -60,8 +60,20 @@ export const CreateRoomBody = t.Object(
     name: t.String({ minLength: 1, maxLength: 100, pattern: TEXT_PATTERN, description: "1 to 100 characters after trimming; no control characters but \\n and \\t" }),
     slug: t.String({ pattern: SLUG_PATTERN }),
     description: t.Optional(Nullable(t.String({ maxLength: 1000, pattern: TEXT_PATTERN }))),
+    matrix_room_id: t.Optional(Nullable(t.String({ maxLength: 512, description: "admins only: the Matrix room (`!id:server`) whose presence feeds this room (seed 003)" }))),
+    matrix_room_alias: t.Optional(Nullable(t.String({ maxLength: 512, description: "admins only: the Matrix alias (`#alias:server`), resolved to a room id by the aggregator" }))),
   },
   { additionalProperties: false },
+);
+
+export const UpdateRoomBody = t.Object(
+  {
+    name: t.Optional(t.String({ minLength: 1, maxLength: 100, pattern: TEXT_PATTERN })),
+    description: t.Optional(Nullable(t.String({ maxLength: 1000, pattern: TEXT_PATTERN }))),
+    matrix_room_id: t.Optional(Nullable(t.String({ maxLength: 512, description: "`!id:server`; null clears it" }))),
+    matrix_room_alias: t.Optional(Nullable(t.String({ maxLength: 512, description: "`#alias:server`; null clears it" }))),
+  },
+  { additionalProperties: false, description: "Absent fields keep their value; at least one is needed" },
 );
 
 export const PostMessageBody = t.Object(

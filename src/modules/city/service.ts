@@ -12,7 +12,7 @@ import type { RoomHistory, RoomStreams } from "../../engine/streams.ts";
 import { IdGenerator, isId, roomIdForSlug, SLUG_RE } from "../../ids.ts";
 import { checkText } from "../../text.ts";
 import type { Logger } from "../../log.ts";
-import type { FeedEvent, Message, NewMessage, Room, RoomMatrixMapping, RoomSummary, Store } from "../../storage/store.ts";
+import type { FeedEvent, Message, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, Store } from "../../storage/store.ts";
 import { MessageWriter } from "./writer.ts";
 
 /** Body text limits (SPEC "HTTP API": 1 to 4,000 characters after trimming). */
@@ -24,6 +24,17 @@ export const ROOM_DESCRIPTION_MAX_CHARS = 1000;
 export const ROOM_DETAIL_MESSAGES = 50;
 /** NATS subject of the city event for each new message (seed 002/004 listen on `city.event.*`). */
 export const ROOM_MESSAGE_EVENT_SUBJECT = "city.event.room_message";
+
+/** A Matrix room id (`!opaque:server`), as seed 003 §3.1 `matrix_room_id`. */
+export const MATRIX_ROOM_ID_RE = /^![^\s:]{1,255}:[^\s]{1,255}$/;
+/** A Matrix room alias (`#localpart:server`), as seed 003 §3.1 `matrix_room_alias`. */
+export const MATRIX_ROOM_ALIAS_RE = /^#[^\s:]{1,255}:[^\s]{1,255}$/;
+
+/** The Matrix mapping fields of a room as a request gives them (absent: unchanged; null: cleared). */
+export interface MatrixMappingInput {
+  matrix_room_id?: string | null;
+  matrix_room_alias?: string | null;
+}
 
 /** Who is in a room (the presence tracker's view). */
 export interface RoomOccupancy {
@@ -45,7 +56,7 @@ export interface CityServiceOptions {
   clock: Clock;
   log: Logger;
   ids?: IdGenerator;
-  /** Called after this instance created a room (the presence snapshot's room list changes). */
+  /** Called after this instance created or changed a room (room lists and the Matrix mapping change). */
   onRoomCreated?: () => void;
   /** Called with the number of messages of each committed and published batch. */
   onPublished?: (count: number) => void;
@@ -131,20 +142,51 @@ export class CityService {
    * @throws AppError `slug_taken` (409) when the slug is in use; `validation_failed` for a bad slug;
    *   `rate_limited` when the user is over the write budget
    */
-  async createRoom(userId: string, input: { name: string; slug: string; description?: string | null }): Promise<Room> {
+  async createRoom(
+    userId: string,
+    input: { name: string; slug: string; description?: string | null } & MatrixMappingInput,
+    isAdmin = false,
+  ): Promise<Room> {
     if (!SLUG_RE.test(input.slug)) throw new AppError("validation_failed", "slug must match ^[a-z0-9][a-z0-9_-]{0,62}$");
     const name = checkText(input.name, "name", 1, ROOM_NAME_MAX_CHARS);
     const description = input.description == null ? null : checkText(input.description, "description", 0, ROOM_DESCRIPTION_MAX_CHARS) || null;
+    const mapping = checkMatrixMapping(input, isAdmin);
     await this.takeWrite(userId);
     const now = this.o.clock.now();
-    const room = this.newRoom(input.slug, name, description, userId, false, now);
+    const room = { ...this.newRoom(input.slug, name, description, userId, false, now), ...mapping };
     const event = this.systemEvent(room, `Кімнату ${room.name} створено`, now, userId);
     if (!(await this.o.store.createRoom(room, { messages: [], events: [event] }))) {
+      if (room.matrix_room_id && (await this.o.store.getRoom(room.id)) === null) {
+        throw new AppError("matrix_room_taken", `another room already maps to ${room.matrix_room_id}`);
+      }
       throw new AppError("slug_taken", `a room with slug "${input.slug}" already exists`);
     }
     this.knownRooms.add(room.id);
     this.o.onRoomCreated?.();
     return room;
+  }
+
+  /**
+   * Changes a room's name, description or Matrix mapping (SPEC `PATCH /city/rooms/{room_id}`, the
+   * mapping of seed 003 §3.2). Admins only; absent fields keep their value, `null` clears.
+   * @throws AppError `forbidden` (403) for a non-admin; `validation_failed` for a bad field or an
+   *   empty change; `room_not_found`; `matrix_room_taken` (409) when another room maps to that
+   *   Matrix room; `rate_limited`
+   */
+  async updateRoom(userId: string, roomId: string, input: { name?: string; description?: string | null } & MatrixMappingInput, isAdmin: boolean): Promise<Room> {
+    if (!isAdmin) throw new AppError("forbidden", "only an admin may change a room (CITY_ADMIN_USERS, or a token with role \"admin\")");
+    const patch: RoomPatch = checkMatrixMapping(input, true);
+    if (input.name !== undefined) patch.name = checkText(input.name, "name", 1, ROOM_NAME_MAX_CHARS);
+    if (input.description !== undefined) {
+      patch.description = input.description === null ? null : checkText(input.description, "description", 0, ROOM_DESCRIPTION_MAX_CHARS) || null;
+    }
+    if (Object.keys(patch).length === 0) throw new AppError("validation_failed", "give at least one of name, description, matrix_room_id, matrix_room_alias");
+    await this.takeWrite(userId);
+    const result = await this.o.store.updateRoom(roomId, patch);
+    if (result === "not_found") throw notFound(roomId);
+    if (result === "matrix_room_taken") throw new AppError("matrix_room_taken", `another room already maps to ${patch.matrix_room_id}`);
+    this.o.onRoomCreated?.();
+    return result;
   }
 
   /**
@@ -257,6 +299,26 @@ export class CityService {
     const payload = { body: text, snippet: text, room_slug: room.slug };
     return { id: this.ids.make("feedEvent", now), kind: "system", room_id: room.id, user_id: userId, agent_id: null, payload, created_at: room.created_at };
   }
+}
+
+/**
+ * The Matrix fields of a create or change request, checked.
+ * @returns only the fields given (an absent one stays absent)
+ * @throws AppError `forbidden` when a non-admin gives one; `validation_failed` for a malformed id or alias
+ */
+function checkMatrixMapping(input: MatrixMappingInput, isAdmin: boolean): MatrixMappingInput {
+  const out: MatrixMappingInput = {};
+  for (const [field, re, example] of [
+    ["matrix_room_id", MATRIX_ROOM_ID_RE, "!abc123:daarion.space"],
+    ["matrix_room_alias", MATRIX_ROOM_ALIAS_RE, "#city_energy:daarion.space"],
+  ] as const) {
+    const v = input[field];
+    if (v === undefined) continue;
+    if (!isAdmin) throw new AppError("forbidden", `only an admin may set ${field} (CITY_ADMIN_USERS, or a token with role "admin")`);
+    if (v !== null && !re.test(v)) throw new AppError("validation_failed", `${field} must look like ${example}`);
+    out[field] = v;
+  }
+  return out;
 }
 
 function notFound(roomId: string): AppError {

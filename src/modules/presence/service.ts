@@ -54,6 +54,10 @@ export interface PresenceServiceOptions {
   updatesMaxAudience: number;
   /** Full reload of every room's numbers, ms (0: only on broker reconnects). */
   resyncMs?: number;
+  /** Matrix presence as the sync loop sees it (`null`: no homeserver configured). */
+  matrixPresence?: () => "ok" | "unknown" | null;
+  /** The Matrix room and alias the aggregator uses for a room whose row leaves them out (alias template, resolved alias). */
+  matrixRoomOf?: (roomId: string) => { id: string | null; alias: string | null };
 }
 
 /** Seed 003 §4.1's payload, plus what instances need to agree (`version`, `connected_count`). */
@@ -70,6 +74,8 @@ export interface RoomPresenceEvent {
   version: number;
   /** Users with a socket open in the room, online or not. */
   connected_count: number;
+  /** With a Matrix homeserver: `ok`, or `unknown` while it has sent no presence (presence may be disabled there). */
+  matrix_presence?: "ok" | "unknown";
 }
 
 interface Throttle {
@@ -156,7 +162,7 @@ export class PresenceService {
         rooms.push(toWire(r.id, view.get(r.id)));
       }
       for (const [id, c] of view) if (!seen.has(id) && (c.online > 0 || c.typing > 0)) rooms.push(toWire(id, c));
-      return encodePresenceSnapshot(rooms);
+      return encodePresenceSnapshot(rooms, this.o.matrixPresence?.() ?? null);
     };
   }
 
@@ -199,6 +205,15 @@ export class PresenceService {
     streams.publishEvent(m.roomId, encodeRoomUserPresence(m.roomId, m.userId, kind === "join" ? "online" : "offline"));
   }
 
+  /**
+   * Activity in a room that changes no number (a Matrix read receipt, seed 003 §2.2): the room's
+   * event goes out again (throttled like any other), with a fresh `last_event_ts`.
+   */
+  noteActivity(roomId: string): void {
+    const counts = this.o.presence.snapshot().get(roomId);
+    if (counts) this.publishCounts(roomId, counts);
+  }
+
   /** This instance changed a room's numbers: tell the others and the presence sockets, throttled. */
   private publishCounts(roomId: string, counts: RoomCounts): void {
     let t = this.throttles.get(roomId);
@@ -221,10 +236,13 @@ export class PresenceService {
     t.sentOnline = counts.online;
     if (!this.rooms || this.o.clock.now() - this.rooms.at > ROOM_LIST_TTL_MS) void this.roomList().catch(() => {});
     const mapping = this.rooms?.byId.get(roomId);
+    const matrixPresence = this.o.matrixPresence?.() ?? null;
+    const derived = this.o.matrixRoomOf?.(roomId);
     const event: RoomPresenceEvent = {
-      type: "room.presence", room_slug: slugOfRoom(roomId), matrix_room_id: mapping?.matrix_room_id ?? null,
-      matrix_room_alias: mapping?.matrix_room_alias ?? null, online_count: counts.online, typing_count: counts.typing,
+      type: "room.presence", room_slug: slugOfRoom(roomId), matrix_room_id: mapping?.matrix_room_id ?? derived?.id ?? null,
+      matrix_room_alias: mapping?.matrix_room_alias ?? derived?.alias ?? null, online_count: counts.online, typing_count: counts.typing,
       typing_users: counts.typingUsers, last_event_ts: t.sentAt, version: counts.version, connected_count: counts.holders,
+      ...(matrixPresence ? { matrix_presence: matrixPresence } : {}),
     };
     this.o.broker.publish(`${ROOM_PRESENCE_SUBJECT}.${event.room_slug}`, JSON.stringify(event));
     this.stats.countsPublished++;
