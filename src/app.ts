@@ -3,6 +3,7 @@
  * the sockets, and tests drive it with `app.handle(new Request(...))`.
  */
 import { swagger } from "@elysiajs/swagger";
+import { asyncApiDocument } from "./engine/asyncapi.ts";
 import { Elysia } from "elysia";
 import type { Principal, TokenVerifier } from "./auth/tokens.ts";
 import type { Logger } from "./log.ts";
@@ -33,6 +34,7 @@ export interface AppDeps {
 }
 
 export function createApp(deps: AppDeps) {
+  const asyncApi = asyncApiDocument(deps.version);
   return new Elysia({ normalize: false })
     .use(errorPlugin(deps.log))
     .use(strictQueryIntegers(["limit", "offset"]))
@@ -40,11 +42,12 @@ export function createApp(deps: AppDeps) {
       swagger({
         path: "/swagger",
         documentation: {
-          info: { title: "DAARION City realtime backend", version: deps.version, description: "Rooms, feed, presence, Second Me and the Living Map. Sockets: see the README." },
+          info: { title: "DAARION City realtime backend", version: deps.version, description: "Rooms, feed, presence, Second Me and the Living Map. Sockets: /asyncapi.json." },
           components: { securitySchemes: { bearer: { type: "http", scheme: "bearer", bearerFormat: "JWT" } } },
         },
       }),
     )
+    .get("/asyncapi.json", () => asyncApi, { detail: { tags: ["Ops"], summary: "AsyncAPI 3.0 document of every socket route and frame, in and out" } })
     .use(opsController(deps.readiness))
     .use(metricsController(deps.metrics))
     .use(cityController(deps.city, deps.verifier, deps.isAdmin ?? (() => false)))

@@ -8,7 +8,7 @@ import path from "node:path";
 import type { Server } from "bun";
 import { createClient } from "redis";
 import { createApp, type App } from "./app.ts";
-import { resolveSecret, TokenVerifier } from "./auth/tokens.ts";
+import { resolveSecret, signToken, TokenVerifier } from "./auth/tokens.ts";
 import { systemClock, systemScheduler, type Clock, type Scheduler } from "./clock.ts";
 import type { Config } from "./config.ts";
 import type { Broker } from "./engine/broker/broker.ts";
@@ -39,6 +39,7 @@ import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./module
 import { SecondMeService } from "./modules/secondme/service.ts";
 import { createMetrics } from "./plugins/metrics.ts";
 import { serveCity } from "./server.ts";
+import { webRoutes } from "./web/routes.ts";
 import { PostgresStore } from "./storage/postgres.ts";
 import { guardStore } from "./storage/guard.ts";
 import { SqliteStore } from "./storage/sqlite.ts";
@@ -49,6 +50,8 @@ export const VERSION: string = pkg.version;
 
 /** Broker subject telling every instance that a room was created or changed (room lists, the Matrix mapping). */
 export const ROOMS_CHANGED_SUBJECT = "city.rooms.changed";
+/** Lifetime of a token from the page's local sign-in (seconds). */
+export const LOCAL_TOKEN_TTL_SECONDS = 8 * 3600;
 
 export interface StartOptions {
   log: Logger;
@@ -303,7 +306,14 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
         map: livingMap, verifier, log, isPublic: config.livingMapPublic, socketsPerUser: config.livingMapSocketsPerUser, maxFrameBytes: config.wsMaxFrameBytes,
       }),
     ] as unknown as SocketRoute<SocketData>[];
-    const server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping });
+    // Local sign-in on the page: only with the secret this data directory holds (no JWT_SECRET).
+    const localToken = secret.file ? async (userId: string) => {
+      const ttl = Math.min(LOCAL_TOKEN_TTL_SECONDS, config.jwtMaxTtlSeconds);
+      const token = await signToken(secret.secret, userId, ttl, { issuer: config.jwtIssuer, audience: config.jwtAudience });
+      return { token, expires_at: new Date(clock.now() + ttl * 1000).toISOString() };
+    } : null;
+    const web = webRoutes({ localToken });
+    const server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping, web });
     hub.attach(server as Server<unknown>);
     hub.start();
     life.add({ name: "hub", stop: () => hub.close() });

@@ -11,6 +11,7 @@ import type { Hub } from "./engine/hub.ts";
 import type { SocketData, SocketRoute } from "./engine/sockets.ts";
 import type { Logger } from "./log.ts";
 import { errorResponse } from "./plugins/errors.ts";
+import type { webRoutes } from "./web/routes.ts";
 
 export interface ServeOptions {
   config: Config;
@@ -23,6 +24,8 @@ export interface ServeOptions {
   log: Logger;
   /** True once shutdown began: new upgrades are refused with 503. */
   isShuttingDown(): boolean;
+  /** Browser routes (the page, the OpenAPI UI, local sign-in), matched before the API. */
+  web?: ReturnType<typeof webRoutes>;
 }
 
 /** The path of a request URL without parsing the whole URL. */
@@ -100,6 +103,9 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
   return Bun.serve<SocketData>({
     hostname: config.host,
     port: o.port ?? config.port,
+    // The page is bundled once (minified, cached); no hot reload or dev overlay in any run.
+    development: false,
+    routes: o.web ?? {},
     // The limit is ours (HTTP_MAX_BODY_BYTES, answered in the error shape): a declared length is
     // checked before a byte is read, a chunked body is read up to the limit. Bun's own cap sits
     // far above so it never answers first with a bare 413.

@@ -1,0 +1,130 @@
+/**
+ * The Living Map in 2D (seed 002 "Lite 2D UI"): the city at the centre with its rooms, DAO planets
+ * on the inner ring, nodes (size by CPU, colour by status) on the middle ring, agents on the outer
+ * ring. Positions come from each entity's id, so they stay put between snapshots; the rings turn
+ * slowly and the entity the last event named flashes, so the picture moves with the stream.
+ */
+import { useEffect, useRef } from "react";
+import type { LivingMapEvent, LivingMapSnapshot } from "../client/index.ts";
+
+type Entity = { id: string; name?: string | null; status?: string; metrics?: { cpu?: number } };
+
+/** A stable angle in [0, 2π) from an id (FNV-1a). */
+function angleOf(id: string): number {
+  let h = 2166136261;
+  for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619);
+  return ((h >>> 0) / 4294967296) * Math.PI * 2;
+}
+
+const STATUS_COLOUR: Record<string, string> = { online: "#4ade80", active: "#4ade80", ok: "#4ade80", busy: "#fbbf24", degraded: "#fbbf24", warning: "#fbbf24", offline: "#f87171", error: "#f87171" };
+const colour = (status: string | undefined) => STATUS_COLOUR[status ?? ""] ?? "#8a93ab";
+
+/** The entity id an event names, as the map prefixes it (`node:gpu-1`). */
+function eventEntity(e: LivingMapEvent): string | null {
+  const p = e.payload as Record<string, unknown>;
+  const family = e.event_type.split(".").slice(0, 2).join(".");
+  const pick = (prefix: string, raw: unknown) => (typeof raw === "string" && raw ? (raw.startsWith(`${prefix}:`) ? raw : `${prefix}:${raw}`) : null);
+  if (family === "node.metrics") return pick("node", p.node_id ?? p.id ?? e.event_type.split(".")[2]);
+  if (family === "agent.event" || family === "usage.llm" || family === "usage.agent") return pick("agent", p.agent_id ?? p.id);
+  if (family === "dao.event") return pick("dao", p.dao_id ?? p.id);
+  if (family === "city.event" && typeof p.room_id === "string") return `room:${p.room_id}`;
+  return null;
+}
+
+export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot | null; lastEvent: LivingMapEvent | null }) {
+  const canvas = useRef<HTMLCanvasElement>(null);
+  const state = useRef({ snapshot, flashes: new Map<string, number>() });
+  state.current.snapshot = snapshot;
+  useEffect(() => {
+    const id = lastEvent ? eventEntity(lastEvent) : null;
+    if (id) state.current.flashes.set(id, performance.now());
+  }, [lastEvent]);
+
+  useEffect(() => {
+    let frame = 0;
+    const draw = (now: number) => {
+      frame = requestAnimationFrame(draw);
+      const el = canvas.current;
+      const ctx = el?.getContext("2d");
+      if (!el || !ctx) return;
+      const w = el.clientWidth;
+      const h = el.clientHeight;
+      if (el.width !== w * devicePixelRatio || el.height !== h * devicePixelRatio) {
+        el.width = w * devicePixelRatio;
+        el.height = h * devicePixelRatio;
+      }
+      ctx.setTransform(devicePixelRatio, 0, 0, devicePixelRatio, 0, 0);
+      ctx.clearRect(0, 0, w, h);
+      const s = state.current.snapshot;
+      if (!s) return;
+      const cx = w / 2;
+      const cy = h / 2;
+      const r = Math.min(w, h) / 2 - 16;
+      const turn = now / 60_000;
+      const flash = (entity: string) => {
+        const at = state.current.flashes.get(entity);
+        if (at === undefined) return 0;
+        const k = 1 - (now - at) / 1200;
+        if (k <= 0) state.current.flashes.delete(entity);
+        return Math.max(0, k);
+      };
+      const ring = (radius: number) => {
+        ctx.strokeStyle = "rgba(138,147,171,.15)";
+        ctx.beginPath();
+        ctx.arc(cx, cy, radius, 0, Math.PI * 2);
+        ctx.stroke();
+      };
+      const dot = (entity: string, radius: number, size: number, fill: string, speed: number, label?: string | null) => {
+        const a = angleOf(entity) + turn * speed;
+        const x = cx + Math.cos(a) * radius;
+        const y = cy + Math.sin(a) * radius;
+        const f = flash(entity);
+        if (f > 0) {
+          ctx.fillStyle = `rgba(95,211,255,${0.5 * f})`;
+          ctx.beginPath();
+          ctx.arc(x, y, size + 10 * f, 0, Math.PI * 2);
+          ctx.fill();
+        }
+        ctx.fillStyle = fill;
+        ctx.beginPath();
+        ctx.arc(x, y, size, 0, Math.PI * 2);
+        ctx.fill();
+        if (label) {
+          ctx.fillStyle = "rgba(230,233,242,.7)";
+          ctx.font = "10px system-ui";
+          ctx.fillText(label, x + size + 3, y + 3);
+        }
+      };
+      ring(r * 0.35);
+      ring(r * 0.65);
+      ring(r * 0.95);
+      // the city and its rooms
+      const city = s.layers.city as { rooms?: Entity[]; health?: string };
+      ctx.fillStyle = city.health === "yellow" ? "#fbbf24" : "#5fd3ff";
+      ctx.beginPath();
+      ctx.arc(cx, cy, 14, 0, Math.PI * 2);
+      ctx.fill();
+      for (const room of city.rooms ?? []) {
+        const a = angleOf(room.id) + turn * 2;
+        const x = cx + Math.cos(a) * 26;
+        const y = cy + Math.sin(a) * 26;
+        const f = flash(room.id);
+        ctx.fillStyle = f > 0 ? `rgba(95,211,255,${0.4 + 0.6 * f})` : "#5fd3ff88";
+        ctx.fillRect(x - 3, y - 3, 6, 6);
+      }
+      for (const p of s.layers.space.planets as Entity[]) {
+        ctx.strokeStyle = colour(p.status);
+        const a = angleOf(p.id) + turn;
+        ctx.beginPath();
+        ctx.arc(cx + Math.cos(a) * r * 0.35, cy + Math.sin(a) * r * 0.35, 8 + 6 * flash(p.id), 0, Math.PI * 2);
+        ctx.stroke();
+      }
+      for (const n of s.layers.nodes.items as Entity[]) dot(n.id, r * 0.65, 4 + Math.min(10, (n.metrics?.cpu ?? 0) / 10), colour(n.status), -1.5, n.name ?? n.id.slice(5));
+      for (const a of s.layers.agents.items as Entity[]) dot(a.id, r * 0.95, 3, colour(a.status), 1);
+    };
+    frame = requestAnimationFrame(draw);
+    return () => cancelAnimationFrame(frame);
+  }, []);
+
+  return <canvas ref={canvas} data-testid="map" data-version={snapshot?.meta.version ?? 0} data-last-event={snapshot?.meta.last_event_id ?? ""} />;
+}
