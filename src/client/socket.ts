@@ -87,6 +87,8 @@ export interface ReconnectingSocketOptions<Out> {
   WebSocket?: typeof WebSocket;
 }
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Close codes after which reconnecting cannot help on its own (a refused token). */
 const FATAL = new Set([1008]);
 
@@ -206,8 +208,10 @@ export class ReconnectingSocket<Out = unknown, In = unknown> {
     const left = exp - this.timers.now();
     if (left <= 0) return; // the server closes with 4001; the reconnect asks for a new token
     // Well before expiry: `before` ahead of it. Close to it: half the time left, at least 1 s apart.
-    const wait = left > before * 2 ? left - before : Math.max(1000, left / 2);
+    // Timers hold at most 2³¹−1 ms (24.8 days); a longer wait is cut there and scheduled again.
+    const wait = Math.min(MAX_TIMER_MS, left > before * 2 ? left - before : Math.max(1000, left / 2));
     this.refreshTimer = this.timers.setTimeout(async () => {
+      if (exp - this.timers.now() > before) return void this.scheduleRefresh(); // woken early by the cap
       const fresh = await this.o.token();
       if (fresh && fresh !== token && this.ws?.readyState === 1) this.ws.send(JSON.stringify({ event: "auth.refresh", token: fresh }));
       void this.scheduleRefresh();

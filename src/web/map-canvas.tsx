@@ -9,11 +9,18 @@ import type { LivingMapEvent, LivingMapSnapshot } from "../client/index.ts";
 
 type Entity = { id: string; name?: string | null; status?: string; metrics?: { cpu?: number } };
 
-/** A stable angle in [0, 2π) from an id (FNV-1a). */
+/** A stable offset in [0, 2π) from an id (FNV-1a), so each ring starts somewhere of its own. */
 function angleOf(id: string): number {
   let h = 2166136261;
   for (let i = 0; i < id.length; i++) h = Math.imul(h ^ id.charCodeAt(i), 16777619);
   return ((h >>> 0) / 4294967296) * Math.PI * 2;
+}
+
+/** Angles spread evenly around a ring, by id order (stable while the set is). */
+function spread<T extends { id: string }>(items: T[], ring: string): Map<string, number> {
+  const ids = items.map((i) => i.id).sort();
+  const start = angleOf(ring);
+  return new Map(ids.map((id, i) => [id, start + (i / Math.max(1, ids.length)) * Math.PI * 2]));
 }
 
 const STATUS_COLOUR: Record<string, string> = { online: "#4ade80", active: "#4ade80", ok: "#4ade80", busy: "#fbbf24", degraded: "#fbbf24", warning: "#fbbf24", offline: "#f87171", error: "#f87171" };
@@ -42,6 +49,20 @@ export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot
 
   useEffect(() => {
     let frame = 0;
+    // Ring positions are worked out once per snapshot, not per frame.
+    let laidOut: { snapshot: LivingMapSnapshot; rooms: Map<string, number>; planets: Map<string, number>; nodes: Map<string, number>; agents: Map<string, number> } | null = null;
+    const layout = (s: LivingMapSnapshot) => {
+      if (laidOut?.snapshot !== s) {
+        laidOut = {
+          snapshot: s,
+          rooms: spread((s.layers.city as { rooms?: Entity[] }).rooms ?? [], "rooms"),
+          planets: spread(s.layers.space.planets as Entity[], "planets"),
+          nodes: spread(s.layers.nodes.items as Entity[], "nodes"),
+          agents: spread(s.layers.agents.items as Entity[], "agents"),
+        };
+      }
+      return laidOut;
+    };
     const draw = (now: number) => {
       frame = requestAnimationFrame(draw);
       const el = canvas.current;
@@ -57,6 +78,7 @@ export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot
       ctx.clearRect(0, 0, w, h);
       const s = state.current.snapshot;
       if (!s) return;
+      const at = layout(s);
       const cx = w / 2;
       const cy = h / 2;
       const r = Math.min(w, h) / 2 - 16;
@@ -74,8 +96,8 @@ export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot
         ctx.arc(cx, cy, radius, 0, Math.PI * 2);
         ctx.stroke();
       };
-      const dot = (entity: string, radius: number, size: number, fill: string, speed: number, label?: string | null) => {
-        const a = angleOf(entity) + turn * speed;
+      const dot = (entity: string, base: number, radius: number, size: number, fill: string, speed: number, label?: string | null) => {
+        const a = base + turn * speed;
         const x = cx + Math.cos(a) * radius;
         const y = cy + Math.sin(a) * radius;
         const f = flash(entity);
@@ -105,22 +127,23 @@ export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot
       ctx.arc(cx, cy, 14, 0, Math.PI * 2);
       ctx.fill();
       for (const room of city.rooms ?? []) {
-        const a = angleOf(room.id) + turn * 2;
+        const a = at.rooms.get(room.id)! + turn * 2;
         const x = cx + Math.cos(a) * 26;
         const y = cy + Math.sin(a) * 26;
         const f = flash(room.id);
         ctx.fillStyle = f > 0 ? `rgba(95,211,255,${0.4 + 0.6 * f})` : "#5fd3ff88";
         ctx.fillRect(x - 3, y - 3, 6, 6);
       }
-      for (const p of s.layers.space.planets as Entity[]) {
+      const planets = s.layers.space.planets as Entity[];
+      for (const p of planets) {
         ctx.strokeStyle = colour(p.status);
-        const a = angleOf(p.id) + turn;
+        const a = at.planets.get(p.id)! + turn;
         ctx.beginPath();
         ctx.arc(cx + Math.cos(a) * r * 0.35, cy + Math.sin(a) * r * 0.35, 8 + 6 * flash(p.id), 0, Math.PI * 2);
         ctx.stroke();
       }
-      for (const n of s.layers.nodes.items as Entity[]) dot(n.id, r * 0.65, 4 + Math.min(10, (n.metrics?.cpu ?? 0) / 10), colour(n.status), -1.5, n.name ?? n.id.slice(5));
-      for (const a of s.layers.agents.items as Entity[]) dot(a.id, r * 0.95, 3, colour(a.status), 1);
+      for (const n of s.layers.nodes.items as Entity[]) dot(n.id, at.nodes.get(n.id)!, r * 0.65, 4 + Math.min(10, (n.metrics?.cpu ?? 0) / 10), colour(n.status), -1.5, n.name ?? n.id.slice(5));
+      for (const a of s.layers.agents.items as Entity[]) dot(a.id, at.agents.get(a.id)!, r * 0.95, 3, colour(a.status), 1);
     };
     frame = requestAnimationFrame(draw);
     return () => cancelAnimationFrame(frame);

@@ -35,10 +35,9 @@ export function compiledBinary(): string {
   if (!existsSync(binary)) {
     mkdirSync(dir, { recursive: true });
     const script: string = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8")).scripts.build;
-    const args = script.split(/\s+/);
     const tmp = path.join(dir, `daarion-city.${process.pid}`);
-    args[args.indexOf("--outfile") + 1] = tmp;
-    const build = Bun.spawnSync(args, { cwd: root, stderr: "pipe", stdout: "pipe" });
+    // Run as the shell would (the script quotes its --define), writing to our own file.
+    const build = Bun.spawnSync(["sh", "-c", script.replace("--outfile dist/daarion-city", `--outfile '${tmp}'`)], { cwd: root, stderr: "pipe", stdout: "pipe" });
     if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr.toString()}`);
     // Atomic: a concurrent run never starts a half-written file.
     renameSync(tmp, binary);

@@ -3,6 +3,7 @@
  * is set and is skipped with a printed reason when not. With REQUIRE_ENGINES=1 (CI) a missing URL
  * fails the run instead of skipping.
  */
+import { existsSync } from "node:fs";
 import postgres from "postgres";
 import { createClient } from "redis";
 import { defaultLivingMapStream } from "../../src/config.ts";
@@ -102,4 +103,16 @@ export async function deleteLivingMapStream(natsUrl: string, subjectPrefix: stri
   } finally {
     await nc.close();
   }
+}
+
+/**
+ * The Chromium executable for browser tests (`CHROMIUM_PATH`, else Debian's `/usr/bin/chromium`),
+ * or `null` after printing why the suite is skipped. Throws under REQUIRE_ENGINES=1: CI installs it.
+ */
+export function chromiumPath(suite: string): string | null {
+  const p = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+  if (existsSync(p)) return p;
+  if (process.env.REQUIRE_ENGINES === "1") throw new Error(`${suite}: no Chromium at ${p} and REQUIRE_ENGINES=1 (apt-get install chromium)`);
+  console.warn(`skip ${suite}: no Chromium at ${p} (apt-get install chromium, or set CHROMIUM_PATH)`);
+  return null;
 }
