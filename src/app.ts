@@ -29,6 +29,8 @@ export interface AppDeps {
   livingMap: LivingMapService;
   /** LIVING_MAP_PUBLIC */
   livingMapPublic: boolean;
+  /** {@link secretFingerprint} of the HS256 secret the server verifies with. */
+  jwtFingerprint?: string;
   /** Who may change rooms (SPEC `PATCH /city/rooms/{room_id}`); default: nobody. */
   isAdmin?: (p: Principal) => boolean;
 }
@@ -47,6 +49,9 @@ export function createApp(deps: AppDeps) {
         },
       }),
     )
+    .get("/auth/fingerprint", () => ({ alg: "HS256" as const, fingerprint: deps.jwtFingerprint ?? null }), {
+      detail: { tags: ["Ops"], summary: "Fingerprint of the HS256 secret this server verifies with (`daarion-city token` compares it with its own)" },
+    })
     .get("/asyncapi.json", () => asyncApi, { detail: { tags: ["Ops"], summary: "AsyncAPI 3.0 document of every socket route and frame, in and out" } })
     .use(opsController(deps.readiness))
     .use(metricsController(deps.metrics))

@@ -8,7 +8,7 @@ import path from "node:path";
 import type { Server } from "bun";
 import { createClient } from "redis";
 import { createApp, type App } from "./app.ts";
-import { resolveSecret, signToken, TokenVerifier } from "./auth/tokens.ts";
+import { resolveSecret, secretFingerprint, signToken, TokenVerifier } from "./auth/tokens.ts";
 import { systemClock, systemScheduler, type Clock, type Scheduler } from "./clock.ts";
 import type { Config } from "./config.ts";
 import type { Broker } from "./engine/broker/broker.ts";
@@ -39,6 +39,7 @@ import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./module
 import { SecondMeService } from "./modules/secondme/service.ts";
 import { createMetrics } from "./plugins/metrics.ts";
 import { serveCity } from "./server.ts";
+import { SettingError, storeFailure } from "./startup.ts";
 import { webRoutes } from "./web/routes.ts";
 import { PostgresStore } from "./storage/postgres.ts";
 import { guardStore } from "./storage/guard.ts";
@@ -129,13 +130,26 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
   const scheduler = opts.scheduler ?? systemScheduler;
   const life = new Lifecycle(log);
   try {
-    const rawStore = opts.store ?? openStore(config);
+    // Start-up failures name the setting at fault (README "Exit codes").
+    let rawStore: Store;
+    try {
+      rawStore = opts.store ?? openStore(config);
+    } catch (err) {
+      throw storeFailure(config, err);
+    }
     life.add({ name: "store", stop: () => rawStore.close(), timeoutMs: 3000 });
-    const applied = await rawStore.migrate();
+    const applied = await rawStore.migrate().catch((err: unknown) => {
+      throw storeFailure(config, err);
+    });
     const store = guardStore(rawStore, log);
     if (applied.length) log.info("store: migrations applied", { engine: store.engine, versions: applied });
 
-    const secret = resolveSecret(config.jwtSecret, config.dataDir);
+    let secret: ReturnType<typeof resolveSecret>;
+    try {
+      secret = resolveSecret(config.jwtSecret, config.dataDir);
+    } catch (err) {
+      throw new SettingError("DATA_DIR", `cannot keep the JWT secret in ${config.dataDir} (or set JWT_SECRET): ${(err as Error).message}`);
+    }
     if (secret.generated) log.info("auth: generated a JWT secret", { file: secret.file });
     const verifier = await TokenVerifier.create({
       secret: secret.secret, publicKeyPem: config.jwtPublicKey, issuer: config.jwtIssuer, audience: config.jwtAudience, clock,
@@ -294,7 +308,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     const admins = new Set(config.cityAdminUsers);
     const app = createApp({
       city, secondme, verifier, readiness, log, version: VERSION, metrics, livingMap, livingMapPublic: config.livingMapPublic,
-      isAdmin: (p) => p.role === "admin" || admins.has(p.userId),
+      isAdmin: (p) => p.role === "admin" || admins.has(p.userId), jwtFingerprint: secretFingerprint(secret.secret),
     });
     const routes = [
       roomSocketRoute({
@@ -313,7 +327,12 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       return { token, expires_at: new Date(clock.now() + ttl * 1000).toISOString() };
     } : null;
     const web = webRoutes({ localToken });
-    const server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping, web });
+    let server: Server<SocketData>;
+    try {
+      server = serveCity({ config, port: opts.port, app, routes, hub, log, isShuttingDown: () => stopping, web });
+    } catch (err) {
+      throw new SettingError("PORT", `cannot listen on ${config.host}:${opts.port ?? config.port}: ${(err as Error).message}`);
+    }
     hub.attach(server as Server<unknown>);
     hub.start();
     life.add({ name: "hub", stop: () => hub.close() });

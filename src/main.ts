@@ -7,10 +7,11 @@
  *   daarion-city simulate           publish living-map traffic on NATS_URL (demos, load)
  * SIGTERM/SIGINT stop the server gracefully: sockets closed with 1001, writes drained, exit 0.
  */
-import { resolveSecret, signToken } from "./auth/tokens.ts";
+import { resolveSecret, secretFingerprint, signToken, USER_ID_RE } from "./auth/tokens.ts";
 import { openStore, startCity, VERSION } from "./bootstrap.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger } from "./log.ts";
+import { SettingError, storeFailure } from "./startup.ts";
 import { simulate } from "./simulate.ts";
 
 const USAGE = `daarion-city ${VERSION}: the DAARION City realtime backend
@@ -41,16 +42,16 @@ async function serve(config: Config): Promise<void> {
     // Whatever hangs, the process is gone within the budget (plus a moment to write the log).
     setTimeout(() => {
       log.error("city: stop overran SHUTDOWN_TIMEOUT_MS; exiting now", { budget_ms: config.shutdownTimeoutMs });
-      process.exit(1);
+      process.exit(EXIT.failure);
     }, config.shutdownTimeoutMs + 250);
     city.stop().then(
       (drained) => {
         log.info("city: stopped", { drained, steps: city.stopReport() });
-        process.exit(drained ? 0 : 1);
+        process.exit(drained ? EXIT.ok : EXIT.failure);
       },
       (err) => {
         log.error("city: stop failed", { err });
-        process.exit(1);
+        process.exit(EXIT.failure);
       },
     );
   };
@@ -59,9 +60,16 @@ async function serve(config: Config): Promise<void> {
 }
 
 async function migrate(config: Config): Promise<void> {
-  const store = openStore(config);
+  let store: ReturnType<typeof openStore>;
   try {
-    const applied = await store.migrate();
+    store = openStore(config);
+  } catch (err) {
+    throw storeFailure(config, err);
+  }
+  try {
+    const applied = await store.migrate().catch((err: unknown) => {
+      throw storeFailure(config, err);
+    });
     console.log(applied.length ? `migrate: applied ${applied.join(", ")} on ${store.engine}` : `migrate: ${store.engine} is up to date`);
   } finally {
     await store.close();
@@ -71,6 +79,7 @@ async function migrate(config: Config): Promise<void> {
 async function token(config: Config, args: string[]): Promise<void> {
   const userId = args[0];
   if (!userId || userId.startsWith("-")) throw new UsageError("token: give a user id, e.g. daarion-city token u_alice");
+  if (!USER_ID_RE.test(userId)) throw new UsageError(`token: user id must match ${USER_ID_RE.source}, got ${JSON.stringify(userId)}`);
   let ttl = 30 * 24 * 3600;
   const i = args.indexOf("--ttl");
   if (i >= 0) {
@@ -80,8 +89,29 @@ async function token(config: Config, args: string[]): Promise<void> {
   const r = args.indexOf("--role");
   const role = r >= 0 ? args[r + 1] : null;
   if (r >= 0 && (!role || role.startsWith("-"))) throw new UsageError("token: --role needs a value, e.g. --role admin");
-  const { secret } = resolveSecret(config.jwtSecret, config.dataDir);
+  const { secret, file } = resolveSecret(config.jwtSecret, config.dataDir);
   console.log(await signToken(secret, userId, ttl, { issuer: config.jwtIssuer, audience: config.jwtAudience, role }));
+  await warnOnSecretMismatch(config, secretFingerprint(secret), file ? `${file} (DATA_DIR)` : "JWT_SECRET");
+}
+
+/**
+ * Asks the server this configuration points at (HOST, PORT) which secret it verifies with, and
+ * warns on stderr when it is not the one just used: its every request with the token would be
+ * refused. Silent when no server answers within 500 ms (none runs beside this command).
+ */
+async function warnOnSecretMismatch(config: Config, mine: string, source: string): Promise<void> {
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  const url = `http://${host.includes(":") ? `[${host}]` : host}:${config.port}`;
+  let theirs: string | null = null;
+  try {
+    const res = await fetch(`${url}/auth/fingerprint`, { signal: AbortSignal.timeout(500) });
+    if (res.ok) theirs = ((await res.json()) as { fingerprint?: string | null }).fingerprint ?? null;
+  } catch {
+    return;
+  }
+  if (theirs && theirs !== mine) {
+    console.error(`token: warning: signed with the secret from ${source}, but the server at ${url} verifies with another one and will refuse this token; run the command with the server's JWT_SECRET or DATA_DIR`);
+  }
 }
 
 async function simulateCommand(config: Config, args: string[]): Promise<void> {
@@ -120,8 +150,15 @@ async function main(argv: string[]): Promise<void> {
   return token(config, rest);
 }
 
+/**
+ * Exit codes, the same for every command (README "Exit codes"):
+ * 0 done; 1 a failure at run time (or a stop that overran SHUTDOWN_TIMEOUT_MS);
+ * 2 the command line is wrong; 3 a setting is invalid, or what it names cannot be used at start.
+ */
+export const EXIT = { ok: 0, failure: 1, usage: 2, config: 3 } as const;
+
 main(process.argv.slice(2)).catch((err: unknown) => {
-  if (err instanceof ConfigError || err instanceof UsageError) console.error(err.message);
+  if (err instanceof ConfigError || err instanceof UsageError || err instanceof SettingError) console.error(err.message);
   else console.error(`daarion-city: ${(err as Error)?.message ?? String(err)}`);
-  process.exit(err instanceof UsageError ? 2 : 1);
+  process.exit(err instanceof UsageError ? EXIT.usage : err instanceof ConfigError || err instanceof SettingError ? EXIT.config : EXIT.failure);
 });

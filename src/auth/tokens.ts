@@ -178,3 +178,12 @@ export function resolveSecret(configured: string | null, dataDir: string): { sec
   if (secret.length < 32) throw new Error(`auth: ${file} holds fewer than 32 characters; delete it to make a new one`);
   return { secret, generated: false, file };
 }
+
+/**
+ * A short public fingerprint of an HS256 secret (16 hex characters of a domain-separated SHA-256),
+ * served at `GET /auth/fingerprint` so `daarion-city token` can tell that it signs with a secret the
+ * server beside it does not use. It reveals nothing a token signed with the secret does not.
+ */
+export function secretFingerprint(secret: string): string {
+  return new Bun.CryptoHasher("sha256").update(`daarion-city/jwt-fingerprint\n${secret}`).digest("hex").slice(0, 16);
+}

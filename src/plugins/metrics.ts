@@ -39,6 +39,11 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
   for (const kind of ["total", "used", "available"]) registry.removeSingleMetric(`daarion_city_nodejs_heap_space_size_${kind}_bytes`);
   const gauge = (name: string, help: string, read: () => number) =>
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
+  // prom-client's process_heap_bytes is VmData from /proc/self/status: in Bun that counts the
+  // address space JavaScriptCore reserves up front (~6 GB for a process of 86 MB resident). The
+  // figure under that name is the JavaScript heap's committed size instead.
+  registry.removeSingleMetric("daarion_city_process_heap_bytes");
+  gauge("daarion_city_process_heap_bytes", "JavaScript heap committed, bytes (JavaScriptCore; not VmData, which counts reserved address space)", () => process.memoryUsage().heapTotal);
   /** A counter mirroring a monotonic number kept by the engine. */
   const mirror = (name: string, help: string, read: () => number) => {
     let seen = 0;

@@ -83,10 +83,42 @@ for (const v of variants) {
 }
 
 describe("compiled binary: command line", () => {
-  test("a bad configuration stops the start with one clear line and exit 1", () => {
+  test("a bad setting stops the start with one line naming it and exit 3", () => {
     const out = Bun.spawnSync([binary, "serve"], { env: { PATH: process.env.PATH ?? "", PORT: "x" }, stdout: "pipe", stderr: "pipe" });
-    expect(out.exitCode).toBe(1);
+    expect(out.exitCode).toBe(3);
     expect(out.stderr.toString().trim()).toBe('config: PORT must be an integer in 0..65535, got "x"');
+    const env = { PATH: process.env.PATH ?? "", DATA_DIR: mkdtempSync(path.join(work, "bad-")), PORT: "0", HOST: "127.0.0.1" };
+    const db = Bun.spawnSync([binary, "serve"], { env: { ...env, DATABASE_URL: "postgres://me:hunter2@127.0.0.1:1/city" }, stdout: "pipe", stderr: "pipe" });
+    expect(db.exitCode).toBe(3);
+    expect(db.stderr.toString().trim()).toBe("DATABASE_URL: cannot connect to 127.0.0.1:1 (ECONNREFUSED)");
+    const nats = Bun.spawnSync([binary, "serve"], { env: { ...env, NATS_URL: "nats://127.0.0.1:1" }, stdout: "pipe", stderr: "pipe" });
+    expect(nats.exitCode).toBe(3);
+    expect(nats.stderr.toString().trim()).toBe("NATS_URL: cannot connect to 127.0.0.1:1 (CONNECTION_REFUSED)");
+    const dir = Bun.spawnSync([binary, "serve"], { env: { ...env, DATA_DIR: "/proc/no-such-dir" }, stdout: "pipe", stderr: "pipe" });
+    expect(dir.exitCode).toBe(3);
+    expect(dir.stderr.toString()).toStartWith("DATA_DIR: cannot use /proc/no-such-dir:");
+  });
+
+  test("token warns when the server beside it verifies with another secret, and not when it is the same", async () => {
+    const data = mkdtempSync(path.join(work, "tok-"));
+    const run = await startBinary({ DATA_DIR: data, LOG_LEVEL: "info" }, work);
+    try {
+      const port = new URL(run.url).port;
+      const base = { PATH: process.env.PATH ?? "", HOST: "127.0.0.1", PORT: port };
+      const same = Bun.spawnSync([binary, "token", "u_alice"], { env: { ...base, DATA_DIR: data }, stdout: "pipe", stderr: "pipe" });
+      expect(same.exitCode).toBe(0);
+      expect(same.stderr.toString()).toBe("");
+      const other = Bun.spawnSync([binary, "token", "u_alice"], { env: { ...base, DATA_DIR: mkdtempSync(path.join(work, "tok-other-")) }, stdout: "pipe", stderr: "pipe" });
+      expect(other.exitCode).toBe(0);
+      expect(other.stdout.toString().trim().split(".")).toHaveLength(3);
+      expect(other.stderr.toString()).toContain(`the server at http://127.0.0.1:${port} verifies with another one`);
+      const res = await fetch(`${run.url}/city/rooms/room_city_general/messages`, {
+        method: "POST", headers: { authorization: `Bearer ${other.stdout.toString().trim()}`, "content-type": "application/json" }, body: JSON.stringify({ body: "x" }),
+      });
+      expect(res.status).toBe(401);
+    } finally {
+      await stopBinary(run);
+    }
   });
 
   test("migrate applies once, then reports up to date", () => {
@@ -102,7 +134,7 @@ describe("compiled binary: command line", () => {
     expect(Bun.spawnSync([binary, "fly"], { env, stderr: "pipe" }).exitCode).toBe(2);
     expect(Bun.spawnSync([binary, "token"], { env, stderr: "pipe" }).exitCode).toBe(2);
     const bad = Bun.spawnSync([binary, "token", "alice"], { env, stderr: "pipe" });
-    expect(bad.exitCode).toBe(1);
+    expect(bad.exitCode).toBe(2);
     expect(bad.stderr.toString()).toContain("user id must match");
   });
 });

@@ -202,4 +202,14 @@ describe("metrics", () => {
     expect(text).toMatch(/^daarion_city_sockets_open \d+/m);
     expect(text).toMatch(/^daarion_city_presence_up 1/m);
   });
+
+  test("the heap figure is the JavaScript heap, below the resident size (not the reserved address space)", async () => {
+    const text = await (await city.app.handle(new Request("http://localhost/metrics"))).text();
+    const read = (name: string) => Number(new RegExp(`^${name} (\\d+)`, "m").exec(text)?.[1]);
+    const heap = read("daarion_city_process_heap_bytes");
+    const rss = read("daarion_city_process_resident_memory_bytes");
+    expect(heap).toBeGreaterThan(1 << 20);
+    expect(heap).toBeLessThan(rss);
+    expect(text.match(/^daarion_city_process_heap_bytes /gm)).toHaveLength(1);
+  });
 });

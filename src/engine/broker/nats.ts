@@ -13,6 +13,7 @@
  * - The worker beats every second; one silent for 5 s (dead or stalled) is replaced, its
  *   subscriptions made again, and the gap reported like an outage.
  */
+import { connectFailure } from "../../startup.ts";
 import { connect, ErrorCode, Events, headers, type MsgHdrs, type NatsConnection, type NatsError } from "nats";
 import type { Logger } from "../../log.ts";
 import { BrokerRequestError, type Broker, type EventStream, type StreamEvent, type SubscribeOptions } from "./broker.ts";
@@ -103,7 +104,7 @@ export class NatsBroker implements Broker {
         pingInterval: 10_000,
       });
     } catch (err) {
-      throw new Error(`NATS_URL: cannot connect to ${this.opts.url}: ${(err as Error).message}`);
+      throw connectFailure("NATS_URL", this.opts.url, err);
     }
     this.connected = true;
     void this.watch(this.nc);
