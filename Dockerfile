@@ -5,7 +5,8 @@ COPY package.json bun.lock bunfig.toml tsconfig.json ./
 RUN bun install --frozen-lockfile
 COPY src ./src
 COPY migrations ./migrations
-RUN bun build src/main.ts src/storage/sqlite-writer.worker.ts --compile --minify --sourcemap --outfile dist/daarion-city
+# The package's own build: the workers, the page (Bun's HTML bundling) and the OpenAPI UI files go in too.
+RUN bun run build
 
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin city \
@@ -16,6 +17,7 @@ WORKDIR /data
 ENV DATA_DIR=/data PORT=7001 HOST=0.0.0.0
 EXPOSE 7001
 VOLUME ["/data"]
+HEALTHCHECK --interval=10s --timeout=2s --retries=3 CMD ["/usr/local/bin/daarion-city", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/daarion-city"]
 CMD ["serve"]

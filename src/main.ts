@@ -5,6 +5,7 @@
  *   daarion-city migrate            apply pending migrations and exit
  *   daarion-city token <user_id>    print a bearer token for user_id (HS256, JWT_SECRET or DATA_DIR/jwt-secret)
  *   daarion-city simulate           publish living-map traffic on NATS_URL (demos, load)
+ *   daarion-city healthcheck        is the server at HOST:PORT ready? (exit 0/1; for containers)
  * SIGTERM/SIGINT stop the server gracefully: sockets closed with 1001, writes drained, exit 0.
  */
 import { resolveSecret, secretFingerprint, signToken, USER_ID_RE } from "./auth/tokens.ts";
@@ -24,6 +25,8 @@ usage:
                                        --role admin may change rooms and their Matrix mapping)
   daarion-city simulate [--rate <events/s>] [--duration <s>] [--nodes <n>] [--agents <n>] [--seed <n>]
                                        publish living-map traffic on NATS_URL (default 50/s, forever)
+  daarion-city healthcheck             exit 0 when the server at HOST:PORT answers /readyz 200
+                                       (ready or degraded), 1 otherwise (container health checks)
   daarion-city --version | --help
 
 Configuration comes from the environment; see README "Configuration".`;
@@ -94,14 +97,19 @@ async function token(config: Config, args: string[]): Promise<void> {
   await warnOnSecretMismatch(config, secretFingerprint(secret), file ? `${file} (DATA_DIR)` : "JWT_SECRET");
 }
 
+/** The URL of the server this configuration describes, as reached from this machine. */
+function localServerUrl(config: Config): string {
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  return `http://${host.includes(":") ? `[${host}]` : host}:${config.port}`;
+}
+
 /**
  * Asks the server this configuration points at (HOST, PORT) which secret it verifies with, and
  * warns on stderr when it is not the one just used: its every request with the token would be
  * refused. Silent when no server answers within 500 ms (none runs beside this command).
  */
 async function warnOnSecretMismatch(config: Config, mine: string, source: string): Promise<void> {
-  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
-  const url = `http://${host.includes(":") ? `[${host}]` : host}:${config.port}`;
+  const url = localServerUrl(config);
   let theirs: string | null = null;
   try {
     const res = await fetch(`${url}/auth/fingerprint`, { signal: AbortSignal.timeout(500) });
@@ -136,17 +144,27 @@ async function simulateCommand(config: Config, args: string[]): Promise<void> {
   console.log(`\nsimulate: done, ${sent} events sent`);
 }
 
+/** `/readyz` of the server this configuration points at; throws (exit 1) unless it answers 200 within 2 s. */
+async function healthcheck(config: Config): Promise<void> {
+  const url = `${localServerUrl(config)}/readyz`;
+  const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
+  const body = (await res.json().catch(() => ({}))) as { status?: string };
+  if (res.status !== 200) throw new Error(`healthcheck: ${url} answered ${res.status} (${body.status ?? "?"})`);
+  console.log(`healthcheck: ${body.status ?? "ok"}`);
+}
+
 class UsageError extends Error {}
 
 async function main(argv: string[]): Promise<void> {
   const [command = "serve", ...rest] = argv;
   if (command === "--help" || command === "-h" || command === "help") return void console.log(USAGE);
   if (command === "--version" || command === "-v") return void console.log(VERSION);
-  if (!["serve", "migrate", "token", "simulate"].includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
+  if (!["serve", "migrate", "token", "simulate", "healthcheck"].includes(command)) throw new UsageError(`unknown command "${command}"\n\n${USAGE}`);
   const config = loadConfig();
   if (command === "serve") return serve(config);
   if (command === "migrate") return migrate(config);
   if (command === "simulate") return simulateCommand(config, rest);
+  if (command === "healthcheck") return healthcheck(config);
   return token(config, rest);
 }
 

@@ -99,7 +99,7 @@ describe("compiled binary: command line", () => {
     expect(dir.stderr.toString()).toStartWith("DATA_DIR: cannot use /proc/no-such-dir:");
   });
 
-  test("token warns when the server beside it verifies with another secret, and not when it is the same", async () => {
+  test("token warns when the server beside it verifies with another secret, and not when it is the same; healthcheck reads it", async () => {
     const data = mkdtempSync(path.join(work, "tok-"));
     const run = await startBinary({ DATA_DIR: data, LOG_LEVEL: "info" }, work);
     try {
@@ -116,6 +116,9 @@ describe("compiled binary: command line", () => {
         method: "POST", headers: { authorization: `Bearer ${other.stdout.toString().trim()}`, "content-type": "application/json" }, body: JSON.stringify({ body: "x" }),
       });
       expect(res.status).toBe(401);
+      // `healthcheck` (the Dockerfile's) reads /readyz of the same server: 0 while it runs.
+      const health = Bun.spawnSync([binary, "healthcheck"], { env: { ...base, DATA_DIR: data }, stdout: "pipe", stderr: "pipe" });
+      expect([health.exitCode, health.stdout.toString().trim()]).toEqual([0, "healthcheck: ready"]);
     } finally {
       await stopBinary(run);
     }
@@ -136,6 +139,8 @@ describe("compiled binary: command line", () => {
     const bad = Bun.spawnSync([binary, "token", "alice"], { env, stderr: "pipe" });
     expect(bad.exitCode).toBe(2);
     expect(bad.stderr.toString()).toContain("user id must match");
+    // Nothing listens on port 1: the health check fails with 1 (a run-time failure, not usage).
+    expect(Bun.spawnSync([binary, "healthcheck"], { env: { ...env, HOST: "127.0.0.1", PORT: "1" }, stderr: "pipe" }).exitCode).toBe(1);
   });
 });
 
