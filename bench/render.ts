@@ -36,6 +36,18 @@ export function renderTable(meta: any, summaries: Summary[]): string {
       `| ${s.title} | ${s.server} | ${fmt(s.deliveries_per_s)} | ${fmt(s.ratio_to_raw.deliveries_per_s)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.ratio_to_raw.p99_ms)} | ${fmt(s.max_ms)} | ${fmt(s.echo_p50_ms)} / ${fmt(s.echo_p99_ms)} | ${s.lost} | ${s.late ?? 0} | ${s.closed} | ${fmt(s.server_cpu_s)} | ${fmt(s.peak_rss_mb)} |`,
     );
   }
+  const staged = fanout.filter((s) => s.stage_p99_ms);
+  if (staged.length) {
+    lines.push("");
+    lines.push("Where the project's time goes, from its own `/metrics` over the same runs (p99 ms of each stage: frame read → admitted → its batch taken for commit → committed → published; `total` is read → published; the event loop's delay is how late a 25 ms timer fired):");
+    lines.push("");
+    lines.push("| scenario | server | admit | queue | commit | publish | total | event-loop delay |");
+    lines.push("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (const s of staged) {
+      const st = s.stage_p99_ms!;
+      lines.push(`| ${s.title} | ${s.server} | ${fmt(st.admit)} | ${fmt(st.queue)} | ${fmt(st.commit)} | ${fmt(st.publish)} | ${fmt(st.total)} | ${fmt(s.loop_delay_p99_ms)} |`);
+    }
+  }
   const conn = summaries.filter((s) => s.rss_per_socket_kb !== undefined);
   if (conn.length) {
     lines.push("");

@@ -16,6 +16,7 @@ import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
+import { stageSummary } from "./prom.ts";
 import { renderReadme } from "./render.ts";
 
 // ---- scenarios -------------------------------------------------------------------------------
@@ -87,6 +88,9 @@ export interface RunResult {
   rss_per_socket_kb?: number;
   connections_per_s?: number;
   open_failed: number;
+  /** The project's own view of the run (`/metrics` before and after): each write stage's p50/p99 and the event loop's delay. */
+  stages?: Record<string, { count: number; p50_ms: number | null; p99_ms: number | null }>;
+  loop_delay?: { count: number; p50_ms: number | null; p99_ms: number | null };
 }
 
 /** What the project's `room.message` frame adds to a bench body (the peers' frames are padded to match). */
@@ -149,6 +153,7 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
   } else {
     await Bun.sleep(500); // let joins settle (Socket.IO joins after connect)
     await Promise.all(clients.map((c) => c.call({ op: "reset" })));
+    const metricsBefore = server.kind === "project" ? await (await fetch(`${server.url}/metrics`)).text() : "";
     const cpuStart = cpuSeconds(server.pid);
     const t0 = performance.now();
     const pub = await pubClient!.call<{ sent: Record<string, number> }>({ op: "publish", durationMs: s.durationMs, ratePerPublisher: s.rate, window: s.window });
@@ -167,6 +172,8 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
     if (server.kind === "project") {
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
       result.server_published = Number(/^daarion_city_room_messages_total (\d+)/m.exec(metrics)?.[1] ?? NaN);
+      result.stages = stageSummary(metricsBefore, metrics, "daarion_city_message_stage_seconds");
+      result.loop_delay = stageSummary(metricsBefore, metrics, "daarion_city_event_loop_delay_seconds").all;
     }
     const reports = await Promise.all(recvClients.map((c) => c.call<Report>({ op: "report" })));
     const pubReport = await pubClient!.call<Report>({ op: "report" });
@@ -227,6 +234,9 @@ export interface Summary {
   peak_rss_mb: number;
   rss_per_socket_kb?: number;
   connections_per_s?: number;
+  /** The project only: p99 (ms) of each write stage, and of the event loop's delay, averaged over reps. */
+  stage_p99_ms?: Record<string, number | null>;
+  loop_delay_p99_ms?: number | null;
   ratio_to_raw: Record<string, number | null>;
 }
 
@@ -256,6 +266,12 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       peak_rss_mb: round(Math.max(...rs.map((r) => r.peak_rss_mb)), 1),
       ...(s.mode === "idle" || s.mode === "connect"
         ? { rss_per_socket_kb: nullableRound(mean(rs.map((r) => r.rss_per_socket_kb)), 2) ?? undefined, connections_per_s: Math.round(mean(rs.map((r) => r.connections_per_s)) ?? 0) }
+        : {}),
+      ...(rs.some((r) => r.stages)
+        ? {
+            stage_p99_ms: Object.fromEntries(["admit", "queue", "commit", "publish", "total"].map((st) => [st, nullableRound(mean(rs.map((r) => r.stages?.[st]?.p99_ms)), 2)])),
+            loop_delay_p99_ms: nullableRound(mean(rs.map((r) => r.loop_delay?.p99_ms)), 2),
+          }
         : {}),
       ratio_to_raw: {},
     });
@@ -306,7 +322,7 @@ async function main(): Promise<void> {
         try {
           const r = await runOnce(s, server, rep);
           scenarioRuns.push(r);
-          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} late ${r.late} closed ${r.closed} published ${r.server_published ?? "-"}/${r.sent}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}`);
+          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} late ${r.late} closed ${r.closed} published ${r.server_published ?? "-"}/${r.sent}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}${r.stages ? ` stages p99 ${Object.entries(r.stages).map(([k, v]) => `${k} ${v.p99_ms}`).join(", ")}; loop delay p99 ${r.loop_delay?.p99_ms}` : ""}`);
         } finally {
           await server.stop();
         }

@@ -37,6 +37,7 @@ import { PresenceService } from "./modules/presence/service.ts";
 import { presenceSocketRoute } from "./modules/presence/socket.ts";
 import { AgentsClient, HttpAgentsTransport, NatsAgentsTransport } from "./modules/secondme/agents.ts";
 import { SecondMeService } from "./modules/secondme/service.ts";
+import { EventLoopDelay, WriteLatency } from "./engine/latency.ts";
 import { createMetrics } from "./plugins/metrics.ts";
 import { serveCity } from "./server.ts";
 import { SettingError, storeFailure } from "./startup.ts";
@@ -194,6 +195,11 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       broker, hub, log, scheduler, gapGraceMs: config.roomGapGraceMs, positionIntervalMs: config.roomPositionCheckMs,
       history: { lastSeqs: (ids) => city!.history.lastSeqs(ids), read: (id, q) => city!.history.read(id, q) },
     });
+    // Where a message's time goes, and how late the event loop runs (both in /metrics).
+    const writeLatency = new WriteLatency();
+    const loopDelay = new EventLoopDelay();
+    loopDelay.start();
+    life.add({ name: "event loop monitor", stop: () => loopDelay.stop() });
     city = new CityService({
       store, streams, broker, writeLimit, clock, log, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
       occupancy: { count: (roomId) => presence.roomCount(roomId), holders: (roomId) => presence.roomHolders(roomId) },
@@ -202,6 +208,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
         broker.publish(ROOMS_CHANGED_SUBJECT, "{}");
       },
       onPublished: (n) => metrics.messages.inc(n),
+      stages: writeLatency,
     });
     streams.start();
     life.add({ name: "room streams", stop: () => streams.close() });
@@ -250,6 +257,8 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     await livingMap.start();
     life.add({ name: "living map", stop: () => livingMap.close(), timeoutMs: 3000 });
     const metrics = createMetrics({ hub, presence, streams, broker, presenceEvents: presenceService.stats, livingMap, matrix: matrix ? () => matrix!.report() : undefined });
+    writeLatency.register(metrics.registry);
+    metrics.registry.registerMetric(loopDelay.histogram);
 
     const agents =
       config.agentsTransport === "off"

@@ -3,7 +3,7 @@
  * every bad input of the city core issue, each answered with a JSON 4xx that changes nothing.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { startTestCity, type TestCity } from "../helpers/city.ts";
+import { startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 let city: TestCity;
 let alice: string;
@@ -201,6 +201,25 @@ describe("metrics", () => {
     expect(count(text)).toBe(count(before) + 1);
     expect(text).toMatch(/^daarion_city_sockets_open \d+/m);
     expect(text).toMatch(/^daarion_city_presence_up 1/m);
+  });
+
+  test("each stage of a message's write path and the event loop's delay are histograms in /metrics", async () => {
+    const count = (text: string, series: string) => Number(new RegExp(`^${series.replace(/[{}]/g, "\\$&")} (\\d+)`, "m").exec(text)?.[1] ?? 0);
+    const before = await (await city.app.handle(new Request("http://localhost/metrics"))).text();
+    // One over HTTP, one over a socket: both paths are timed from when they were read.
+    await call("POST", "/city/rooms/room_city_science/messages", { token: alice, json: { body: "timed over HTTP" } });
+    const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_science?token=${alice}`));
+    s.send({ event: "room.message.send", body: "timed over a socket" });
+    await s.next((f) => f.event === "room.message" && f.message.body === "timed over a socket");
+    s.close();
+    const after = await (await city.app.handle(new Request("http://localhost/metrics"))).text();
+    for (const stage of ["admit", "queue", "total"]) {
+      expect([stage, count(after, `daarion_city_message_stage_seconds_count{stage="${stage}"}`) - count(before, `daarion_city_message_stage_seconds_count{stage="${stage}"}`)]).toEqual([stage, 2]);
+    }
+    for (const stage of ["commit", "publish"]) expect(count(after, `daarion_city_message_stage_seconds_count{stage="${stage}"}`)).toBeGreaterThan(count(before, `daarion_city_message_stage_seconds_count{stage="${stage}"}`));
+    expect(count(after, "daarion_city_message_commit_batch_size_sum")).toBe(count(before, "daarion_city_message_commit_batch_size_sum") + 2);
+    // The loop monitor samples every 25 ms from the start.
+    await waitFor(async () => count(await (await city.app.handle(new Request("http://localhost/metrics"))).text(), "daarion_city_event_loop_delay_seconds_count"), (n) => n > 0);
   });
 
   test("the heap figure is the JavaScript heap, below the resident size (not the reserved address space)", async () => {

@@ -11,6 +11,7 @@ import type { Limit } from "../../engine/ratelimit.ts";
 import type { RoomHistory, RoomStreams } from "../../engine/streams.ts";
 import { IdGenerator, isId, roomIdForSlug, SLUG_RE } from "../../ids.ts";
 import { checkText } from "../../text.ts";
+import type { StageObserver } from "../../engine/latency.ts";
 import type { Logger } from "../../log.ts";
 import type { FeedEvent, Message, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, Store } from "../../storage/store.ts";
 import { MessageWriter } from "./writer.ts";
@@ -60,6 +61,8 @@ export interface CityServiceOptions {
   onRoomCreated?: () => void;
   /** Called with the number of messages of each committed and published batch. */
   onPublished?: (count: number) => void;
+  /** Where each message's time goes (`/metrics` histograms). */
+  stages?: StageObserver;
 }
 
 export interface RoomDetail {
@@ -96,6 +99,7 @@ export class CityService {
       clock: o.clock,
       log: o.log,
       onCommitted: (messages) => this.publishCommitted(messages),
+      stages: o.stages,
     });
   }
 
@@ -214,11 +218,13 @@ export class CityService {
    * @returns the stored message (the acknowledgement)
    * @throws AppError `validation_failed`, `room_not_found`, `rate_limited`, `store_unavailable`
    */
-  async postMessage(roomId: string, userId: string, body: unknown): Promise<Message> {
+  async postMessage(roomId: string, userId: string, body: unknown, receivedAt = performance.now()): Promise<Message> {
     const text = validateBody(body);
     await this.requireRoom(roomId);
     await this.takeWrite(userId);
-    return this.writer.write({ roomId, authorUserId: userId, authorAgentId: null, body: text });
+    const admittedAt = performance.now();
+    this.o.stages?.observe("admit", (admittedAt - receivedAt) / 1000);
+    return this.writer.write({ roomId, authorUserId: userId, authorAgentId: null, body: text, receivedAt, admittedAt });
   }
 
   /**

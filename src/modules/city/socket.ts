@@ -107,7 +107,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     if (d.userId) o.presence.release(d.roomId, d.userId);
   };
 
-  const onFrame = (ws: RoomSocket, f: ClientFrame) => {
+  const onFrame = (ws: RoomSocket, f: ClientFrame, readAt: number) => {
     const d = ws.data;
     if (f.event === "auth.refresh") return void refreshSocketToken(ws, f, o.verifier);
     if (f.room_id !== undefined && f.room_id !== d.roomId) {
@@ -117,7 +117,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     switch (f.event) {
       case "room.message.send": {
         if (!d.userId) return sendError(ws, "unauthorized", "sending needs a token (?token=… on connect)");
-        o.city.postMessage(d.roomId, d.userId, f.body).then(
+        o.city.postMessage(d.roomId, d.userId, f.body, readAt).then(
           (m) => {
             // Sockets in the room get the echo from the stream; one that stepped out gets it here.
             if (!d.joined && ws.readyState === 1) ws.send(encodeRoomMessage(d.roomId, m));
@@ -174,10 +174,11 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
       enter(ws, ws.data.since);
     },
     message(ws, raw) {
+      const readAt = performance.now();
       const frame = readFrame(ws, raw, o.maxFrameBytes);
       if (!frame) return;
       try {
-        onFrame(ws, frame);
+        onFrame(ws, frame, readAt);
       } catch (err) {
         fail(ws, err);
       }

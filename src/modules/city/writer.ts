@@ -9,6 +9,7 @@
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
 import { IdGenerator, idTime } from "../../ids.ts";
+import type { StageObserver } from "../../engine/latency.ts";
 import type { Logger } from "../../log.ts";
 import { isDataError } from "../../storage/data-errors.ts";
 import type { FeedEvent, Message, MessageWrite, NewMessage, Store } from "../../storage/store.ts";
@@ -22,6 +23,8 @@ export interface MessageWriterOptions {
   onCommitted(messages: Message[], batch: MessageWrite[]): void;
   /** Most messages in one commit. */
   maxBatch?: number;
+  /** Stage times (`queue`, `commit`, `publish`, `total`) and batch sizes. */
+  stages?: StageObserver;
 }
 
 /** What a writer of a message says; `body` must already be validated and trimmed. */
@@ -30,6 +33,9 @@ export interface MessageDraft {
   authorUserId: string | null;
   authorAgentId: string | null;
   body: string;
+  /** `performance.now()` when its frame or request was read, and when it was admitted (for the stage histograms). */
+  receivedAt?: number;
+  admittedAt?: number;
 }
 
 interface Pending {
@@ -86,6 +92,11 @@ export class MessageWriter {
         const q = this.queues.get(roomId);
         if (!q || q.length === 0) break;
         const taken = q.splice(0, max);
+        const stages = this.opts.stages;
+        if (stages) {
+          const at = performance.now();
+          for (const p of taken) if (p.draft.admittedAt !== undefined) stages.observe("queue", (at - p.draft.admittedAt) / 1000);
+        }
         await this.commit(roomId, taken.map((p) => ({ p, w: this.materialise(p.draft) })));
       }
     } finally {
@@ -102,6 +113,7 @@ export class MessageWriter {
    */
   private async commit(roomId: string, items: { p: Pending; w: MessageWrite }[]): Promise<void> {
     let first: number;
+    const started = performance.now();
     try {
       first = await this.opts.store.appendMessages(roomId, items.map((x) => x.w));
     } catch (err) {
@@ -119,11 +131,20 @@ export class MessageWriter {
       for (const x of items) x.p.reject(e);
       return;
     }
+    const committed = performance.now();
     const messages: Message[] = items.map((x, i) => ({ ...x.w.message, seq: first + i }));
     try {
       this.opts.onCommitted(messages, items.map((x) => x.w));
     } catch (err) {
       this.opts.log.error("city: publish after commit failed", { room_id: roomId, err });
+    }
+    const stages = this.opts.stages;
+    if (stages) {
+      const published = performance.now();
+      stages.batch(items.length);
+      stages.observe("commit", (committed - started) / 1000);
+      stages.observe("publish", (published - committed) / 1000);
+      for (const x of items) if (x.p.draft.receivedAt !== undefined) stages.observe("total", (published - x.p.draft.receivedAt) / 1000);
     }
     for (let i = 0; i < items.length; i++) items[i]!.p.resolve(messages[i]!);
   }
