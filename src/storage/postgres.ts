@@ -22,6 +22,8 @@ const isoOrNull = (v: Ts | null): string | null => (v === null ? null : iso(v));
 
 export class PostgresStore implements Store {
   readonly engine = "postgres" as const;
+  /** Two appends in flight run on two pooled connections and may take the room's lock in either order. */
+  readonly appendsInOrder = false;
   private readonly sql: Sql;
   private readonly migrations: Migration[];
   private closed = false;

@@ -49,6 +49,8 @@ const MIN_FREE_BYTES = 256 * 1024;
 
 export class SqliteStore implements Store {
   readonly engine = "sqlite" as const;
+  /** One writer thread takes requests in order. */
+  readonly appendsInOrder = true;
   private readonly file: string;
   private readonly db: Database;
   private readonly migrations: Migration[];

@@ -161,6 +161,11 @@ export interface LivingMapSnapshotRow {
 export interface Store {
   /** Which engine this is, for `/readyz` and logs. */
   readonly engine: "postgres" | "sqlite";
+  /**
+   * Whether appends are applied in the order they are called even while several are in flight
+   * (one writer, first in first out), so a room's next batch may be sent before the last is answered.
+   */
+  readonly appendsInOrder: boolean;
 
   /** Applies pending migrations; safe to call twice and from two processes at once. Returns the versions it applied. */
   migrate(): Promise<string[]>;

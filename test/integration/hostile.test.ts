@@ -181,8 +181,13 @@ for (const variant of variants) {
       const slow = await slowSocket(city.port, `/ws/city/rooms/${ROOM}`);
       const writer = await open(`/ws/city/rooms/${ROOM}?token=${token}`);
       const fast = await open(`/ws/city/rooms/${ROOM}`);
-      // ~8 MB: more than the kernel's socket buffers take for the client that stopped reading
-      for (let i = 0; i < 2000; i++) writer.send({ event: "room.message.send", body: `burst ${i} ${"z".repeat(3900)}` });
+      // ~8 MB: more than the kernel's socket buffers take for the client that stopped reading. The
+      // writer yields every 20 frames: the fast reader lives in this process too, and must get to
+      // read while the burst goes out (a loop sending all 8 MB at once would stall it, not the server).
+      for (let i = 0; i < 2000; i++) {
+        writer.send({ event: "room.message.send", body: `burst ${i} ${"z".repeat(3900)}` });
+        if (i % 20 === 19) await Bun.sleep(0);
+      }
       await fast.until(() => fast.frames.filter((f) => f.event === "room.message" && f.message.body.startsWith("burst")).length === 2000, 20_000);
       await Bun.sleep(600); // two sweeps over the cap
       const close = await slow.resumeUntilClose();
@@ -195,16 +200,24 @@ for (const variant of variants) {
       const first = (await req("POST", `/city/rooms/${room}/messages`, { body: "start" })).json.seq as number;
       const big = "y".repeat(3900);
       const N = 2500;
-      const writer = await open(`/ws/city/rooms/${room}?token=${token}`);
-      for (let i = 0; i < N; i++) writer.send({ event: "room.message.send", body: `r${i} ${big}` });
-      await writer.until(() => writer.frames.filter((f) => f.event === "room.message").length === N, 20_000);
+      // Written over HTTP, 25 at a time, each acknowledged once committed. (A socket that sent them
+      // would get ~10 MB of its own echoes through the same 64 KiB buffer and could itself be a slow
+      // consumer, which is not what this test is about.)
+      let nextBody = 0;
+      await Promise.all(
+        Array.from({ length: 25 }, async () => {
+          for (let i = nextBody++; i < N; i = nextBody++) expect((await req("POST", `/city/rooms/${room}/messages`, { body: `r${i} ${big}` })).status).toBe(201);
+        }),
+      );
       // ~10 MB (more than the kernel's socket buffers) to replay through a 64 KiB send buffer, to a
       // client that stops reading for 2.5 s
       const slow = await slowSocket(city.port, `/ws/city/rooms/${room}?since=${first}`);
       await Bun.sleep(2500);
       const got = await slow.resumeUntil((frames) => frames.filter((f) => f.event === "room.message").length >= N);
       expect(got.close).toBeNull();
-      expect(got.frames.filter((f) => f.event === "room.message").map((f) => f.message.seq)).toEqual(Array.from({ length: N }, (_, i) => first + 1 + i));
+      const replayed = got.frames.filter((f) => f.event === "room.message");
+      expect(replayed.map((f) => f.message.seq)).toEqual(Array.from({ length: N }, (_, i) => first + 1 + i));
+      expect(new Set(replayed.map((f) => f.message.body.split(" ")[0])).size).toBe(N);
     }, 30_000);
   });
 }

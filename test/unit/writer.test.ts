@@ -30,6 +30,11 @@ function writer(committed: Message[][]) {
   return new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64 });
 }
 const draft = (roomId: string, body: string) => ({ roomId, authorUserId: "u_a", authorAgentId: null, body });
+/** Yields to the event loop until `cond` holds (at most 2 s). */
+async function waitUntil(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 2000 && !cond(); i++) await Bun.sleep(1);
+  expect(cond()).toBe(true);
+}
 
 describe("MessageWriter", () => {
   test("concurrent writes to a room are committed in a few batches, in call order, seq 1, 2, 3, …", async () => {
@@ -47,6 +52,57 @@ describe("MessageWriter", () => {
     expect(await store.listMessages(r, { limit: 500 })).toEqual(results);
     const feed = await store.listFeed({ limit: 1 });
     expect(feed[0]).toMatchObject({ kind: "room_message", room_id: r, user_id: "u_a", payload: feedPayload(results.at(-1)!) });
+  });
+
+  test("pipelined: the next batch goes to the store before the last is answered; answers and publications keep send order", async () => {
+    const r = await newRoom();
+    // The store's answers are held until the test releases them, in the order it chooses.
+    const held: { release: () => void; size: number }[] = [];
+    const gated = Object.create(store) as typeof store;
+    gated.appendMessages = (roomId, batch) => {
+      const real = store.appendMessages(roomId, batch);
+      return new Promise((resolve, reject) => held.push({ size: batch.length, release: () => real.then(resolve, reject) }));
+    };
+    const committed: Message[][] = [];
+    const w = new MessageWriter({ store: gated, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64, pipelineDepth: 2 });
+    const first = w.write(draft(r, "a"));
+    await Bun.sleep(0);
+    const second = w.write(draft(r, "b"));
+    await Bun.sleep(0);
+    const third = w.write(draft(r, "c"));
+    await Bun.sleep(0);
+    // Two batches in flight (a, then b) before either is answered; c waits for a free slot.
+    expect(held.map((h) => h.size)).toEqual([1, 1]);
+    held[1]!.release(); // the second answer comes first: nothing is published out of order
+    await Bun.sleep(1);
+    expect(committed).toEqual([]);
+    held[0]!.release();
+    expect((await first).seq).toBe(1);
+    expect((await second).seq).toBe(2);
+    await waitUntil(() => held.length === 3);
+    held[2]!.release();
+    expect((await third).seq).toBe(3);
+    expect(committed.map((b) => b.map((m) => m.body))).toEqual([["a"], ["b"], ["c"]]);
+  });
+
+  test("depth 1: a room's next batch waits for the last answer", async () => {
+    const r = await newRoom();
+    const held: (() => void)[] = [];
+    const gated = Object.create(store) as typeof store;
+    gated.appendMessages = (roomId, batch) => {
+      const real = store.appendMessages(roomId, batch);
+      return new Promise((resolve, reject) => held.push(() => real.then(resolve, reject)));
+    };
+    const w = new MessageWriter({ store: gated, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: () => {}, pipelineDepth: 1 });
+    const a = w.write(draft(r, "a"));
+    const b = w.write(draft(r, "b"));
+    await Bun.sleep(1);
+    expect(held).toHaveLength(1);
+    held[0]!();
+    expect((await a).seq).toBe(1);
+    await waitUntil(() => held.length === 2);
+    held[1]!();
+    expect((await b).seq).toBe(2);
   });
 
   test("two writers on one store share a room's numbering", async () => {

@@ -100,6 +100,8 @@ export class CityService {
       log: o.log,
       onCommitted: (messages) => this.publishCommitted(messages),
       stages: o.stages,
+      // A sender's next message may go before its last is answered only where the store keeps call order.
+      pipelineDepth: o.store.appendsInOrder ? 2 : 1,
     });
   }
 

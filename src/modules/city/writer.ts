@@ -1,10 +1,13 @@
 /**
  * MessageWriter: the write path of room messages (seed 000 §4.1/§5.1: persist, record a
- * `room_message` feed event, then publish). Per room, writes are serialised and batched: while one
- * batch is being committed, new messages queue, and the next commit takes them all at once (group
- * commit). The store numbers each batch with the room's seq in the committing transaction; the
- * writer publishes batches in commit order, so on this instance seq order = publish order, and
- * room streams put other instances' messages in between in seq order.
+ * `room_message` feed event, then publish). Per room, writes are batched (group commit): a batch
+ * goes to the store as soon as it forms, up to `pipelineDepth` (2) batches of a room at a time, and
+ * while those are in flight new messages queue and go together in the next. The store numbers each
+ * batch with the room's seq in the committing transaction. Answers are read, and batches published,
+ * in the order they were sent. More than one batch in flight needs a store that applies appends in
+ * call order (`Store.appendsInOrder`: SQLite's one writer thread); on PostgreSQL two in-flight
+ * batches could take the room's lock the other way round and number a sender's second message
+ * before its first, so there the depth is 1.
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
@@ -23,6 +26,8 @@ export interface MessageWriterOptions {
   onCommitted(messages: Message[], batch: MessageWrite[]): void;
   /** Most messages in one commit. */
   maxBatch?: number;
+  /** Batches of one room sent to the store before the first is answered (default 2; 1 = one at a time). */
+  pipelineDepth?: number;
   /** Stage times (`queue`, `commit`, `publish`, `total`) and batch sizes. */
   stages?: StageObserver;
 }
@@ -56,6 +61,8 @@ export function feedPayload(message: NewMessage): Record<string, unknown> {
 export class MessageWriter {
   private readonly queues = new Map<string, Pending[]>();
   private readonly busy = new Set<string>();
+  /** A room's run loop waiting for its queue or an in-flight batch, by room. */
+  private readonly wakers = new Map<string, () => void>();
   private readonly idle: (() => void)[] = [];
   private closed = false;
 
@@ -74,6 +81,7 @@ export class MessageWriter {
       if (!q) this.queues.set(draft.roomId, (q = []));
       q.push({ draft, resolve, reject });
       if (!this.busy.has(draft.roomId)) void this.run(draft.roomId);
+      else this.wake(draft.roomId);
     });
   }
 
@@ -87,23 +95,52 @@ export class MessageWriter {
   private async run(roomId: string): Promise<void> {
     this.busy.add(roomId);
     const max = this.opts.maxBatch ?? 256;
+    const depth = Math.max(1, this.opts.pipelineDepth ?? 2);
+    // Batches are handed to the store as soon as they form, up to `depth` at a time, so a batch
+    // never waits for the main thread to read the previous commit's answer; answers are taken (and
+    // publications made) strictly in the order the batches were sent.
+    let chain: Promise<void> = Promise.resolve();
+    let inFlight = 0;
     try {
       for (;;) {
         const q = this.queues.get(roomId);
-        if (!q || q.length === 0) break;
+        if (!q || q.length === 0 || inFlight >= depth) {
+          if (inFlight === 0 && (!q || q.length === 0)) break;
+          await new Promise<void>((r) => this.wakers.set(roomId, r));
+          continue;
+        }
         const taken = q.splice(0, max);
         const stages = this.opts.stages;
         if (stages) {
           const at = performance.now();
           for (const p of taken) if (p.draft.admittedAt !== undefined) stages.observe("queue", (at - p.draft.admittedAt) / 1000);
         }
-        await this.commit(roomId, taken.map((p) => ({ p, w: this.materialise(p.draft) })));
+        const items = taken.map((p) => ({ p, w: this.materialise(p.draft) }));
+        const started = performance.now();
+        const appended = this.opts.store.appendMessages(roomId, items.map((x) => x.w));
+        appended.catch(() => {}); // read (and handled) in settle, in order
+        inFlight++;
+        chain = chain
+          .then(() => this.settle(roomId, items, started, appended))
+          .finally(() => {
+            inFlight--;
+            this.wake(roomId);
+          });
       }
     } finally {
+      this.wakers.delete(roomId);
       this.queues.delete(roomId);
       this.busy.delete(roomId);
       if (this.busy.size === 0) for (const r of this.idle.splice(0)) r();
     }
+  }
+
+  /** Lets a room's run loop look at its queue again (a write arrived, or a batch settled). */
+  private wake(roomId: string): void {
+    const w = this.wakers.get(roomId);
+    if (!w) return;
+    this.wakers.delete(roomId);
+    w();
   }
 
   /**
@@ -112,10 +149,15 @@ export class MessageWriter {
    * offending message is refused and nobody else's write fails with it.
    */
   private async commit(roomId: string, items: { p: Pending; w: MessageWrite }[]): Promise<void> {
-    let first: number;
     const started = performance.now();
+    await this.settle(roomId, items, started, this.opts.store.appendMessages(roomId, items.map((x) => x.w)));
+  }
+
+  /** Reads a sent batch's answer: publishes and resolves it, or rejects it (splitting a refused batch). Never throws. */
+  private async settle(roomId: string, items: { p: Pending; w: MessageWrite }[], started: number, appended: Promise<number>): Promise<void> {
+    let first: number;
     try {
-      first = await this.opts.store.appendMessages(roomId, items.map((x) => x.w));
+      first = await appended;
     } catch (err) {
       if (isDataError(err) && items.length > 1) {
         const mid = items.length >> 1;
