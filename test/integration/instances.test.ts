@@ -62,12 +62,17 @@ for (const v of variants) {
       const alice = await p.a.token("u_alice");
       const onB = await open(p.b, "/ws/city/rooms/room_city_general");
       const onA = await open(p.a, `/ws/city/rooms/room_city_general?token=${alice}`);
-      await p.a.broker.flush();
+      // A live socket's "now" is when B's room stream has its position and its NATS subscription,
+      // which a new stream takes in the background: a sentinel seen on B says both are in place.
+      const sentinel = await p.a.http("/city/rooms/room_city_general/messages", { method: "POST", token: alice, json: { body: "sentinel" } });
+      expect(sentinel.status).toBe(201);
+      await onB.next((f) => f.event === "room.message" && f.message.body === "sentinel", 5000);
+      const from = onB.frames.length;
       const res = await p.a.http("/city/rooms/room_city_general/messages", { method: "POST", token: alice, json: { body: "from A over http" } });
       expect(res.status).toBe(201);
       for (let i = 0; i < 20; i++) onA.send({ event: "room.message.send", body: `ws ${i}` });
-      await onB.until(() => onB.frames.filter((f) => f.event === "room.message").length === 21, 5000);
-      const bodies = onB.frames.filter((f) => f.event === "room.message").map((f) => f.message.body);
+      await onB.until(() => onB.frames.slice(from).filter((f) => f.event === "room.message").length === 21, 5000);
+      const bodies = onB.frames.slice(from).filter((f) => f.event === "room.message").map((f) => f.message.body);
       expect(bodies).toEqual(["from A over http", ...Array.from({ length: 20 }, (_, i) => `ws ${i}`)]);
       // B's own store view agrees
       const stored = (await (await p.b.http("/city/rooms/room_city_general/messages?limit=21")).json()) as any[];
