@@ -137,8 +137,10 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
       // `frame_too_large` frame before closing 1009; only larger ones are cut by Bun (1009, no frame).
       maxPayloadLength: Math.max(config.wsMaxFrameBytes * 4, 1 << 20),
       // Slow consumers are the hub's to close, with 4008 and the reason, on its sweep (every 250 ms,
-      // at once past 8× the cap); Bun's own limit (a cut with no close frame) sits far above.
-      backpressureLimit: config.wsMaxBufferedBytes * 64,
+      // at once past 8× the cap); Bun's own limit (a cut with no close frame) sits far above: 64× the
+      // cap and at least 64 MiB, which a loopback burst does not fill between two sweeps (a small cap
+      // times 64 alone it did: 4 MiB at a 64 KiB cap, and the socket was cut without its reason).
+      backpressureLimit: Math.max(config.wsMaxBufferedBytes * 64, 64 << 20),
       closeOnBackpressureLimit: true,
       idleTimeout: config.wsIdleTimeoutSeconds,
       sendPings: true,

@@ -9,8 +9,8 @@
  *   `maxBufferedBytes` for two sweeps in a row (a sweep every 250 ms), or is found above eight
  *   times it, is closed with 4008 and the reason (reconnect with `since`), and taken off its topics
  *   so its buffer stops growing while the client reads up to the close frame. Bun's own cut (no
- *   close frame) sits at 64 times the cap, out of reach between two sweeps. A slow socket never
- *   holds a room back. Whoever sends a lot to one socket (a recovery replay) paces itself with
+ *   close frame) sits at 64 times the cap and at least 64 MiB, out of reach between two sweeps.
+ *   A slow socket never holds a room back. Whoever sends a lot to one socket (a recovery replay) paces itself with
  *   {@link Hub.writable}.
  * - Socket auth over time: a socket whose token expires (`expiresAt`, epoch ms) is closed with
  *   4001 `token_expired` by the next sweep, unless an `auth.refresh` frame moved its expiry.

@@ -82,7 +82,9 @@ for (const v of variants) {
     test("room.join from a socket on B is seen on A; a room created on A takes messages on B", async () => {
       const bob = await p.b.token("u_bob");
       const watcher = await open(p.a, "/ws/city/rooms/room_city_energy");
-      await p.b.broker.flush();
+      // A takes its subscription to the room in the background: a sentinel from B seen on A says it is in place.
+      expect((await p.b.http("/city/rooms/room_city_energy/messages", { method: "POST", token: bob, json: { body: "sentinel" } })).status).toBe(201);
+      await watcher.next((f) => f.event === "room.message" && f.message.body === "sentinel", 5000);
       await open(p.b, `/ws/city/rooms/room_city_energy?token=${bob}`);
       expect(await watcher.next((f) => f.event === "room.join", 5000)).toEqual({ event: "room.join", room_id: "room_city_energy", user_id: "u_bob" });
       const created = await p.a.http("/city/rooms", { method: "POST", token: bob, json: { name: "Shared", slug: `shared-${randomSuffix()}` } });
