@@ -1,9 +1,12 @@
+import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { SQLITE_MIGRATIONS } from "../../src/storage/migrations.ts";
+import { IdGenerator } from "../../src/ids.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
+import type { MessageWrite } from "../../src/storage/store.ts";
 import { storeContract } from "./store.contract.ts";
 
 storeContract("sqlite", {
@@ -23,4 +26,45 @@ storeContract("sqlite", {
       drop: async () => rmSync(dir, { recursive: true, force: true }),
     };
   },
+});
+
+// SQLite only: its one writer thread takes requests in order, which is what lets the message
+// writer send a room's next batch before the last is answered (Store.appendsInOrder). PostgreSQL
+// does not claim it: two in-flight appends run on two pooled connections.
+describe("SqliteStore: appends in call order", () => {
+  const dir = mkdtempSync(path.join(tmpdir(), "dc-store-order-"));
+  const store = new SqliteStore({ file: path.join(dir, "city.sqlite") });
+  afterAll(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a room's appends in flight together are numbered in call order", async () => {
+    await store.migrate();
+    expect(store.appendsInOrder).toBe(true);
+    const now = new Date().toISOString();
+    const rooms = ["a", "b", "c"].map((s) => `room_city_order_${s}`);
+    for (const id of rooms) {
+      await store.createRoom({ id, slug: id.slice(10), name: id, description: null, is_default: false, created_at: now, created_by: null, matrix_room_id: null, matrix_room_alias: null }, { messages: [], events: [] });
+    }
+    const ids = new IdGenerator();
+    const write = (roomId: string, body: string): MessageWrite => {
+      const id = ids.make("message", Date.now());
+      return {
+        message: { id, room_id: roomId, author_user_id: "u_o", author_agent_id: null, body, created_at: now },
+        event: { id: ids.make("feedEvent", Date.now()), kind: "room_message", room_id: roomId, user_id: "u_o", agent_id: null, payload: { body }, created_at: now },
+      };
+    };
+    // 60 appends over three rooms, none awaited before the next is called.
+    const calls = Array.from({ length: 60 }, (_, i) => {
+      const room = rooms[i % 3]!;
+      return { room, first: store.appendMessages(room, Array.from({ length: 1 + (i % 3) }, (_, j) => write(room, `o${i}.${j}`))) };
+    });
+    const firsts = await Promise.all(calls.map((c) => c.first));
+    for (const room of rooms) {
+      const mine = firsts.filter((_, i) => calls[i]!.room === room);
+      expect(mine).toEqual([...mine].sort((x, y) => x - y));
+      expect(mine[0]).toBe(1);
+    }
+  });
 });
