@@ -101,6 +101,8 @@ export class ReconnectingSocket<Out = unknown, In = unknown> {
   private retryTimer: unknown = null;
   private refreshTimer: unknown = null;
   private stopped = false;
+  /** Bumped by every attempt: an attempt overtaken while it awaited its URL opens nothing. */
+  private generation = 0;
   private _status: ConnectionStatus = "connecting";
   private readonly timers: ClientTimers;
 
@@ -150,14 +152,16 @@ export class ReconnectingSocket<Out = unknown, In = unknown> {
 
   private async connect(): Promise<void> {
     if (this.stopped) return;
+    const generation = ++this.generation;
     this.setStatus("connecting");
     let url: string;
     try {
       url = await this.o.url();
     } catch {
-      return this.retry();
+      if (generation === this.generation) this.retry();
+      return;
     }
-    if (this.stopped) return;
+    if (this.stopped || generation !== this.generation) return;
     const Ctor = this.o.WebSocket ?? globalThis.WebSocket;
     const ws = new Ctor(url);
     this.ws = ws;
