@@ -149,7 +149,11 @@ describe.skipIf(!redis || !nats)("Matrix presence across two instances (fake hom
     expect(createWithMapping.status).toBe(403);
     const bad = await a.http("/city/rooms/room_city_builders", { method: "PATCH", token: listed, json: { matrix_room_id: "not-a-room" } });
     expect(bad.status).toBe(400);
-    const taken = await a.http("/city/rooms/room_city_builders", { method: "PATCH", token: listed, json: { matrix_room_id: SCI } });
+    // A Matrix room another city room maps to (made here, so the test passes alone).
+    const takenId = `!taken${randomSuffix()}:city.test`;
+    const holder = await a.http("/city/rooms", { method: "POST", token: listed, json: { name: "Holder", slug: `h${randomSuffix()}`, matrix_room_id: takenId } });
+    expect(holder.status).toBe(201);
+    const taken = await a.http("/city/rooms/room_city_builders", { method: "PATCH", token: listed, json: { matrix_room_id: takenId } });
     expect(taken.status).toBe(409);
     expect(((await taken.json()) as any).error.code).toBe("matrix_room_taken");
     const empty = await a.http("/city/rooms/room_city_builders", { method: "PATCH", token: listed, json: {} });
@@ -170,6 +174,18 @@ describe.skipIf(!redis || !nats)("Matrix presence across two instances (fake hom
   });
 
   test("the leader stops: the other instance takes the loop over within 2× the lease TTL and resumes from the saved next_batch", async () => {
+    // Two people online in a Matrix room of this test's own, mapped to a city room of its own.
+    const matrixRoom = `!keep${randomSuffix()}:city.test`;
+    hs.createRoom(matrixRoom);
+    hs.join(matrixRoom, BOT);
+    const slug = `keep${randomSuffix()}`;
+    const admin = await a.token("u_listed_admin");
+    expect((await a.http("/city/rooms", { method: "POST", token: admin, json: { name: "Keep", slug, matrix_room_id: matrixRoom } })).status).toBe(201);
+    for (const who of ["@keep1:city.test", "@keep2:city.test"]) {
+      hs.join(matrixRoom, who);
+      hs.setPresence(who, "online");
+    }
+    await waitFor(() => membersOnline(a, `room_city_${slug}`), (n) => n === 2);
     const old = leader()!;
     const other = old === a ? b : a;
     const saved = await old.store.matrixSyncToken(BOT);
@@ -182,7 +198,7 @@ describe.skipIf(!redis || !nats)("Matrix presence across two instances (fake hom
     await waitFor(() => other.matrix!.report().state === "syncing");
     const first = hs.syncQueries.slice(before).find((q) => q.get("full_state") === "true" || !q.has("since"))!;
     expect(first.get("since")).not.toBeNull();
-    // The people Matrix had online are online through the new leader.
-    await waitFor(() => membersOnline(other, "room_city_general"), (n) => n === 2);
+    // The people Matrix had online are online through the new leader, each once.
+    await waitFor(() => membersOnline(other, `room_city_${slug}`), (n) => n === 2);
   });
 });
