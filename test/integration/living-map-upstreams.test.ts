@@ -9,12 +9,14 @@ import { startTestCity, waitFor, type TestCity } from "../helpers/city.ts";
 
 describe("living map upstreams", () => {
   let spaceUp = true;
+  /** Requests space-service refused while "down" (the outage test): the only failures it may have. */
+  let spaceDownHits = 0;
   const hits = { space: 0, agents: 0, dao: 0, microdao: 0 };
   const space = Bun.serve({
     hostname: "127.0.0.1", port: 0,
     fetch(req) {
       hits.space++;
-      if (!spaceUp) return new Response("down for maintenance", { status: 503 });
+      if (!spaceUp) return (spaceDownHits++, new Response("down for maintenance", { status: 503 }));
       if (new URL(req.url).pathname !== "/api/space/scene") return new Response("no", { status: 404 });
       return Response.json({
         planets: [{ id: "daarion-core", name: "DAARION CORE", type: "dao", orbits: ["node:gpu-1"], status: "active" }, { name: "no id, skipped" }],
@@ -53,9 +55,11 @@ describe("living map upstreams", () => {
   test("meta.sources says what each upstream gave; the healthy one's data is on the map, nothing invented for the rest", async () => {
     const all = await waitFor(sources, (x: any) => Object.values(x).every((v: any) => v.error !== "not fetched yet"), 5000);
     expect(all["space-service"]).toMatchObject({ status: "ok", fetched_at: expect.any(String), error: "1 item(s) without an id skipped" });
-    expect(all["agents-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: "timed out" });
-    expect(all["dao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringContaining("HTTP 500") });
-    expect(all["microdao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringContaining("not JSON") });
+    // Each failing source says why; once its breaker opens (after three failures: sooner when other
+    // tests ran first) the reason is the open circuit. Either way nothing was ever fetched.
+    expect(all["agents-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringMatching(/^timed out$|circuit open/) });
+    expect(all["dao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringMatching(/HTTP 500|circuit open/) });
+    expect(all["microdao-service"]).toMatchObject({ status: "unavailable", fetched_at: null, error: expect.stringMatching(/not JSON|circuit open/) });
     expect(all["usage-engine"]).toEqual({ name: "usage-engine", status: "not_configured", fetched_at: null });
     expect(all["city-service"].status).toBe("ok");
     const snap = await snapshot();
@@ -71,7 +75,8 @@ describe("living map upstreams", () => {
     const count = (source: string, outcome: string) =>
       Number(new RegExp(`^daarion_city_living_map_upstream_fetches_total\\{source="${source}",outcome="${outcome}"\\} (\\d+)$`, "m").exec(metrics)?.[1] ?? -1);
     expect(count("space-service", "ok")).toBeGreaterThanOrEqual(1);
-    expect(count("space-service", "failed")).toBe(0);
+    // A healthy space-service is never counted as failed: failures only while the outage test took it down.
+    expect(count("space-service", "failed")).toBeLessThanOrEqual(spaceDownHits);
     for (const failing of ["agents-service", "dao-service", "microdao-service"]) expect(count(failing, "failed")).toBeGreaterThanOrEqual(1);
     expect(metrics).not.toContain('source="usage-engine"');
   });
