@@ -21,6 +21,8 @@ const ready = Boolean(pg && redis && nats);
 const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-inst-"));
 const SECRET = "e2e-instances-secret-0123456789-abcdef";
 const ROOM = "room_city_general";
+// Every describe's binaries keep their data under `work`, removed once all of them are done.
+afterAll(() => rmSync(work, { recursive: true, force: true }));
 
 /** Message frames a socket got, as seqs. */
 const seqs = (s: TestSocket) => s.frames.filter((f) => f.event === "room.message").map((f) => f.message.seq as number);
@@ -46,7 +48,11 @@ async function lastSeq(run: RunningBinary): Promise<number> {
   return page[0]?.seq ?? 0;
 }
 
-describe.skipIf(!ready)("three instances on one PostgreSQL, Redis and NATS", () => {
+/**
+ * Three binaries on one PostgreSQL, Redis and NATS (own database and prefixes), started before the
+ * describe's tests and stopped after them; a describe of its own per destructive test.
+ */
+function useThreeInstances() {
   let drop: () => Promise<void> = async () => {};
   const prefix = `t_${randomSuffix()}`;
   let env: Record<string, string>;
@@ -81,8 +87,13 @@ describe.skipIf(!ready)("three instances on one PostgreSQL, Redis and NATS", () 
     await drop();
     await deleteRedisKeys(redis!, `${prefix}:`);
     await deleteLivingMapStream(nats!, prefix);
-    rmSync(work, { recursive: true, force: true });
   });
+
+  return { runs, open, token };
+}
+
+describe.skipIf(!ready)("three instances on one PostgreSQL, Redis and NATS", () => {
+  const { runs, open, token } = useThreeInstances();
 
   test("senders on all three: every receiver on every instance gets every message once, in the same seq order", async () => {
     const receivers = [];
@@ -166,6 +177,11 @@ describe.skipIf(!ready)("three instances on one PostgreSQL, Redis and NATS", () 
     }
     for (const p of presenceWatchers) expect(mine(p, (f) => f.event === "presence.update")).toEqual([{ event: "presence.update", user_id: user, status: "online" }]);
   }, 60_000);
+});
+
+// Kills one of its three: instances of its own, so the other tests never meet a dead one.
+describe.skipIf(!ready)("three instances: one killed", () => {
+  const { runs, open, token } = useThreeInstances();
 
   test("SIGKILL of an instance under load loses no acknowledged message; its users go offline once, within the TTL", async () => {
     const victim = runs[1]!;
@@ -257,7 +273,6 @@ describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
       await natsServer.dispose();
       await db.drop();
       await deleteRedisKeys(redis!, `${prefix}:`);
-      rmSync(work, { recursive: true, force: true });
     }
   }, 90_000);
 });
