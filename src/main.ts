@@ -106,13 +106,14 @@ function localServerUrl(config: Config): string {
 /**
  * Asks the server this configuration points at (HOST, PORT) which secret it verifies with, and
  * warns on stderr when it is not the one just used: its every request with the token would be
- * refused. Silent when no server answers within 500 ms (none runs beside this command).
+ * refused. Silent when no server answers within 2 s (none runs beside this command; a refused
+ * connection answers at once).
  */
 async function warnOnSecretMismatch(config: Config, mine: string, source: string): Promise<void> {
   const url = localServerUrl(config);
   let theirs: string | null = null;
   try {
-    const res = await fetch(`${url}/auth/fingerprint`, { signal: AbortSignal.timeout(500) });
+    const res = await fetch(`${url}/auth/fingerprint`, { signal: AbortSignal.timeout(2000) });
     if (res.ok) theirs = ((await res.json()) as { fingerprint?: string | null }).fingerprint ?? null;
   } catch {
     return;
