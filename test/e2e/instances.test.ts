@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { ownNats } from "../helpers/own-engines.ts";
-import { TestSocket } from "../helpers/city.ts";
+import { TestSocket, waitFor } from "../helpers/city.ts";
 import { createTestDatabase, deleteLivingMapStream, deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 
 const pg = engineUrl("DATABASE_URL", "three instances");
@@ -201,7 +201,8 @@ describe.skipIf(!ready)("three instances: one killed", () => {
         else if (r.status === 0) return; // the process is gone
       }
     });
-    await Bun.sleep(400);
+    // Kill it mid-stream, once enough writes were acknowledged (a count, not a time: a loaded machine is slower).
+    await waitFor(() => acked.length, (n) => n > 20, 20_000);
     const killedAt = Date.now();
     victim.proc.kill("SIGKILL");
     await victim.proc.exited;

@@ -65,7 +65,9 @@ for (const variant of storeVariants("living map")) {
       const stream = await open(`/living-map/stream?token=${token}`);
       const snap = await stream.next((f) => f.kind === "snapshot");
       expect(Object.keys(snap).sort()).toEqual(["generated_at", "kind", "layers", "meta"]);
-      const before = (await get("/living-map/snapshot")).body.layers.city.rooms.find((r: any) => r.id === "room:room_city_science").messages_last_hour;
+      // The city's own rooms reach the scene in the background at start: wait for science to be there.
+      const science: any = await waitFor(async () => (await get("/living-map/snapshot")).body.layers.city.rooms.find((r: any) => r.id === "room:room_city_science"), Boolean);
+      const before = science.messages_last_hour;
       expect((await post("room_city_science", "на карту")).status).toBe(201);
       const ev = await stream.next((f) => f.kind === "event");
       expect(Object.keys(ev).sort()).toEqual(["event_type", "id", "kind", "payload", "timestamp"]);
