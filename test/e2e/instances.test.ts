@@ -246,22 +246,30 @@ describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
       const start = (await lastSeq(a)) + 1;
       const acked: number[] = [];
       let writing = true;
+      let outage = false;
+      let ackedInOutage = 0;
       const writer = (async () => {
         while (writing) {
           const r = await post(a, t, "through the outage");
-          if (r.status === 201) acked.push(r.seq!);
+          if (r.status === 201) {
+            acked.push(r.seq!);
+            if (outage) ackedInOutage++;
+          }
           await Bun.sleep(20);
         }
       })();
       await Bun.sleep(1000);
       await natsServer.stop();
+      outage = true;
       await Bun.sleep(10_000);
+      outage = false;
       await natsServer.start();
       await Bun.sleep(1500);
       writing = false;
       await writer;
       const end = Math.max(...acked);
-      expect(acked.length).toBeGreaterThan(300);
+      // Writes went on without NATS (how many depends on the machine's load: at least one every 0.5 s).
+      expect(ackedInOutage).toBeGreaterThan(20);
       for (const r of receivers) {
         await r.until(() => seqs(r).at(-1) === end, 15_000);
         contiguous(seqs(r), start, end);
