@@ -97,8 +97,8 @@ for (const variant of variants) {
       expect(await watcher.next((f) => f.event === "room.join")).toEqual({ event: "room.join", room_id: room, user_id: "u_bob" });
       expect(await watcher.next((f) => f.event === "room.presence")).toEqual({ event: "room.presence", room_id: room, user_id: "u_bob", status: "online" });
       const b2 = await open(`/ws/city/rooms/${room}?token=${bob}`);
-      // holding a socket is not enough: the user must heartbeat
-      await Bun.sleep(250);
+      // Holding a socket is not enough: the user must heartbeat. (bob's hold is in the store: his
+      // room.join above came from the flush that wrote it.)
       expect(await membersOnline(city, room)).toBe(0);
       const beat = await heartbeating(city, "u_bob");
       sockets.push(beat);
@@ -133,7 +133,10 @@ for (const variant of variants) {
       expect(await watcher.next((f) => f.event === "room.typing")).toEqual({ event: "room.typing", room_id: room, user_id: "u_alice" });
       const counts = await presenceWatcher.next((f) => f.type === "room.presence" && f.room_slug === "welcome" && f.typing_count === 1);
       expect(counts).toEqual({ type: "room.presence", room_slug: "welcome", online_count: 0, typing_count: 1 });
-      await Bun.sleep(100);
+      // Sentinel: the typer's next frame publishes after the typing frames were handled, in order
+      // on the same topic, so a second announcement would have reached the watcher before it.
+      typer.send({ event: "room.message.send", room_id: room, body: "typing sentinel" });
+      await watcher.next((f) => f.event === "room.message" && f.message.body === "typing sentinel");
       expect(watcher.frames.filter((f) => f.event === "room.typing").length).toBe(1);
       const anon = await open(`/ws/city/rooms/${room}`);
       anon.send({ event: "room.typing", room_id: room });
