@@ -66,8 +66,10 @@ function useMatrixBinaries() {
     };
     runs.push(await startBinary(env, work));
     runs.push(await startBinary(env, work));
-    await waitFor(leaderOf, Boolean, 10_000);
-  });
+    // A leader whose loop is live (its initial sync done), not only one holding the lease.
+    const leader = (await waitFor(leaderOf, Boolean, 10_000))!;
+    await waitFor(async () => ((await (await fetch(`${leader.url}/readyz`)).json()) as any).matrix?.state, (st) => st === "syncing", 15_000);
+  }, 60_000);
 
   afterAll(async () => {
     for (const s of sockets) s.close();
