@@ -183,17 +183,6 @@ export class CityClient {
     return `${this.baseUrl.replace(/^http/, "ws")}${path}${query(q)}`;
   }
 
-  private socket<Out, In>(o: { url: () => Promise<string>; onFrame: (f: Out) => void; onStatus: (s: ConnectionStatus, d?: { code?: number; reason?: string }) => void; onOpen?: () => void; onRefused?: () => void }) {
-    return new ReconnectingSocket<Out, In>({
-      ...o,
-      token: () => this.token(),
-      backoff: this.o.backoff,
-      refreshBeforeMs: this.o.refreshBeforeMs,
-      timers: this.o.timers,
-      WebSocket: this.o.WebSocket,
-    });
-  }
-
   /**
    * A room's socket. Messages arrive once each, in seq order, across reconnects: every attempt
    * resumes with `since=<last seq seen>`, and anything at or below it is dropped.
@@ -219,7 +208,15 @@ export class CityClient {
 
   /** @internal builds a reconnecting socket for the connection classes below */
   open<Out, In>(path: string, q: () => Record<string, string | number | undefined | null>, handlers: { onFrame: (f: Out) => void; onStatus: (s: ConnectionStatus) => void; onOpen?: () => void; onRefused?: () => void }) {
-    return this.socket<Out, In>({ url: async () => this.wsUrl(path, { ...q(), token: (await this.token()) ?? undefined }), ...handlers });
+    return new ReconnectingSocket<Out, In>({
+      ...handlers,
+      url: async () => this.wsUrl(path, { ...q(), token: (await this.token()) ?? undefined }),
+      token: () => this.token(),
+      backoff: this.o.backoff,
+      refreshBeforeMs: this.o.refreshBeforeMs,
+      timers: this.o.timers,
+      WebSocket: this.o.WebSocket,
+    });
   }
 }
 

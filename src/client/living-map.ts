@@ -16,6 +16,33 @@ const prefixed = (prefix: string, raw: unknown): string | null => {
 };
 
 /**
+ * The id of the entity an event names, prefixed as the map's ids are (`gpu-1` → `node:gpu-1`),
+ * read from the fields the server reads (README "Living Map"); `null` when it names none.
+ */
+export function eventEntityId(e: LivingMapEvent): string | null {
+  const p = e.payload;
+  switch (e.event_type.split(".").slice(0, 2).join(".")) {
+    case "node.metrics":
+      return prefixed("node", p.node_id ?? p.id ?? e.event_type.split(".")[2]);
+    case "agent.event":
+      return prefixed("agent", p.agent_id ?? p.id);
+    case "usage.llm":
+    case "usage.agent":
+      return prefixed("agent", p.agent_id);
+    case "dao.event":
+      return prefixed("dao", p.dao_id ?? p.id);
+    case "microdao.event":
+      return prefixed("microdao", p.microdao_id ?? p.id);
+    case "city.event":
+      return typeof p.room_id === "string" ? `room:${p.room_id}` : null;
+    case "messaging.message":
+      return prefixed("channel", p.channel_id ?? p.room_id);
+    default:
+      return null;
+  }
+}
+
+/**
  * The snapshot after one event, or `null` when the event names an entity the snapshot does not
  * hold or a family the client does not apply (then read a fresh snapshot: the server's scene is
  * the authority). Families applied here: `node.metrics.*` (metrics, status, alerts) and
@@ -25,8 +52,8 @@ export function applyLivingMapEvent(s: LivingMapSnapshotData, e: LivingMapEvent)
   const p = e.payload;
   const family = e.event_type.split(".").slice(0, 2).join(".");
   const meta = { ...s.meta, last_event_id: e.id };
+  const id = eventEntityId(e);
   if (family === "node.metrics") {
-    const id = prefixed("node", p.node_id ?? p.id ?? e.event_type.split(".")[2]);
     const items = s.layers.nodes.items as Item[];
     const i = items.findIndex((n) => n.id === id);
     if (i < 0) return null;
@@ -43,7 +70,6 @@ export function applyLivingMapEvent(s: LivingMapSnapshotData, e: LivingMapEvent)
     return { ...s, meta, layers: { ...s.layers, nodes: { ...s.layers.nodes, items: nodes }, space: { ...s.layers.space, nodes: spaceNodes } } };
   }
   if (family === "agent.event") {
-    const id = prefixed("agent", p.agent_id ?? p.id);
     const items = s.layers.agents.items as Item[];
     const i = items.findIndex((a) => a.id === id);
     if (i < 0) return null;

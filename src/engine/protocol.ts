@@ -4,7 +4,9 @@
  * handed to `server.publish` unchanged for every subscriber.
  */
 import type { Message } from "../storage/store.ts";
+import type { Static } from "@sinclair/typebox";
 import type { ErrorCode } from "./errors.ts";
+import type { RoomCounts } from "./frames.ts";
 
 /** Hub topic of a room's socket audience. */
 export const roomTopic = (roomId: string): string => `room.${roomId}`;
@@ -71,12 +73,8 @@ export function encodePresenceUpdate(userId: string, status: "online" | "offline
   return JSON.stringify({ event: "presence.update", user_id: userId, status });
 }
 
-/** One room's numbers as the presence socket carries them (seed 003 §6.2). */
-export interface RoomPresenceCounts {
-  room_slug: string;
-  online_count: number;
-  typing_count: number;
-}
+/** One room's numbers as the presence socket carries them (seed 003 §6.2; schema in `frames.ts`). */
+export type RoomPresenceCounts = Static<typeof RoomCounts>;
 
 /**
  * `{ "type": "snapshot", "rooms": [{ room_slug, online_count, typing_count }] }` (seed 003 §6.2),

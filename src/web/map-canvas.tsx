@@ -6,6 +6,7 @@
  */
 import { useEffect, useRef } from "react";
 import type { LivingMapEvent, LivingMapSnapshot } from "../client/index.ts";
+import { eventEntityId } from "../client/living-map.ts";
 
 type Entity = { id: string; name?: string | null; status?: string; metrics?: { cpu?: number } };
 
@@ -26,24 +27,12 @@ function spread<T extends { id: string }>(items: T[], ring: string): Map<string,
 const STATUS_COLOUR: Record<string, string> = { online: "#4ade80", active: "#4ade80", ok: "#4ade80", busy: "#fbbf24", degraded: "#fbbf24", warning: "#fbbf24", offline: "#f87171", error: "#f87171" };
 const colour = (status: string | undefined) => STATUS_COLOUR[status ?? ""] ?? "#8a93ab";
 
-/** The entity id an event names, as the map prefixes it (`node:gpu-1`). */
-function eventEntity(e: LivingMapEvent): string | null {
-  const p = e.payload as Record<string, unknown>;
-  const family = e.event_type.split(".").slice(0, 2).join(".");
-  const pick = (prefix: string, raw: unknown) => (typeof raw === "string" && raw ? (raw.startsWith(`${prefix}:`) ? raw : `${prefix}:${raw}`) : null);
-  if (family === "node.metrics") return pick("node", p.node_id ?? p.id ?? e.event_type.split(".")[2]);
-  if (family === "agent.event" || family === "usage.llm" || family === "usage.agent") return pick("agent", p.agent_id ?? p.id);
-  if (family === "dao.event") return pick("dao", p.dao_id ?? p.id);
-  if (family === "city.event" && typeof p.room_id === "string") return `room:${p.room_id}`;
-  return null;
-}
-
 export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot | null; lastEvent: LivingMapEvent | null }) {
   const canvas = useRef<HTMLCanvasElement>(null);
   const state = useRef({ snapshot, flashes: new Map<string, number>() });
   state.current.snapshot = snapshot;
   useEffect(() => {
-    const id = lastEvent ? eventEntity(lastEvent) : null;
+    const id = lastEvent ? eventEntityId(lastEvent) : null;
     if (id) state.current.flashes.set(id, performance.now());
   }, [lastEvent]);
 

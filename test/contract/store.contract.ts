@@ -28,14 +28,16 @@ let clock = Date.UTC(2026, 0, 1, 12);
 const tick = () => (clock += 7);
 const unique = () => Math.random().toString(36).slice(2, 9);
 
-function room(slug: string, extra: Partial<Room> = {}): Room {
+/** A room row for a store test (`room_city_{slug}`). */
+export function room(slug: string, extra: Partial<Room> = {}): Room {
   return {
     id: `room_city_${slug}`, slug, name: slug.toUpperCase(), description: null, is_default: false,
     created_at: new Date(tick()).toISOString(), created_by: "u_alice", matrix_room_id: null, matrix_room_alias: null, ...extra,
   };
 }
 
-function message(roomId: string, body: string, author = "u_alice"): NewMessage {
+/** A new message with a fresh id and a later time. */
+export function message(roomId: string, body: string, author = "u_alice"): NewMessage {
   const now = tick();
   return { id: ids.make("message", now), room_id: roomId, author_user_id: author, author_agent_id: null, body, created_at: new Date(now).toISOString() };
 }
@@ -47,7 +49,8 @@ function eventFor(m: NewMessage): FeedEvent {
   };
 }
 
-const writes = (ms: NewMessage[]): MessageWrite[] => ms.map((m) => ({ message: m, event: eventFor(m) }));
+/** Messages with their feed events, as `appendMessages` takes them. */
+export const writes = (ms: NewMessage[]): MessageWrite[] => ms.map((m) => ({ message: m, event: eventFor(m) }));
 
 /**
  * The rejection of `p`. (Bun's `expect(p).rejects` does not see a rejection that arrives as a

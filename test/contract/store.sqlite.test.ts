@@ -4,10 +4,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { SQLITE_MIGRATIONS } from "../../src/storage/migrations.ts";
-import { IdGenerator } from "../../src/ids.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
-import type { MessageWrite } from "../../src/storage/store.ts";
-import { storeContract } from "./store.contract.ts";
+import { message, room, storeContract, writes } from "./store.contract.ts";
 
 storeContract("sqlite", {
   database: async () => {
@@ -42,27 +40,16 @@ describe("SqliteStore: appends in call order", () => {
   test("a room's appends in flight together are numbered in call order", async () => {
     await store.migrate();
     expect(store.appendsInOrder).toBe(true);
-    const now = new Date().toISOString();
     const rooms = ["a", "b", "c"].map((s) => `room_city_order_${s}`);
-    for (const id of rooms) {
-      await store.createRoom({ id, slug: id.slice(10), name: id, description: null, is_default: false, created_at: now, created_by: null, matrix_room_id: null, matrix_room_alias: null }, { messages: [], events: [] });
-    }
-    const ids = new IdGenerator();
-    const write = (roomId: string, body: string): MessageWrite => {
-      const id = ids.make("message", Date.now());
-      return {
-        message: { id, room_id: roomId, author_user_id: "u_o", author_agent_id: null, body, created_at: now },
-        event: { id: ids.make("feedEvent", Date.now()), kind: "room_message", room_id: roomId, user_id: "u_o", agent_id: null, payload: { body }, created_at: now },
-      };
-    };
+    for (const id of rooms) await store.createRoom(room(id.slice(10)), { messages: [], events: [] });
     // 60 appends over three rooms, none awaited before the next is called.
     const calls = Array.from({ length: 60 }, (_, i) => {
-      const room = rooms[i % 3]!;
-      return { room, first: store.appendMessages(room, Array.from({ length: 1 + (i % 3) }, (_, j) => write(room, `o${i}.${j}`))) };
+      const r = rooms[i % 3]!;
+      return { room: r, first: store.appendMessages(r, writes(Array.from({ length: 1 + (i % 3) }, (_, j) => message(r, `o${i}.${j}`)))) };
     });
     const firsts = await Promise.all(calls.map((c) => c.first));
-    for (const room of rooms) {
-      const mine = firsts.filter((_, i) => calls[i]!.room === room);
+    for (const id of rooms) {
+      const mine = firsts.filter((_, i) => calls[i]!.room === id);
       expect(mine).toEqual([...mine].sort((x, y) => x - y));
       expect(mine[0]).toBe(1);
     }

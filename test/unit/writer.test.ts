@@ -8,6 +8,7 @@ import { IdGenerator } from "../../src/ids.ts";
 import { silentLogger } from "../../src/log.ts";
 import { feedPayload, MessageWriter } from "../../src/modules/city/writer.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
+import { waitFor } from "../helpers/city.ts";
 import type { Message, Room } from "../../src/storage/store.ts";
 
 const store = new SqliteStore({ file: ":memory:" });
@@ -30,11 +31,7 @@ function writer(committed: Message[][]) {
   return new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64 });
 }
 const draft = (roomId: string, body: string) => ({ roomId, authorUserId: "u_a", authorAgentId: null, body });
-/** Yields to the event loop until `cond` holds (at most 2 s). */
-async function waitUntil(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 2000 && !cond(); i++) await Bun.sleep(1);
-  expect(cond()).toBe(true);
-}
+
 
 describe("MessageWriter", () => {
   test("concurrent writes to a room are committed in a few batches, in call order, seq 1, 2, 3, …", async () => {
@@ -79,7 +76,7 @@ describe("MessageWriter", () => {
     held[0]!.release();
     expect((await first).seq).toBe(1);
     expect((await second).seq).toBe(2);
-    await waitUntil(() => held.length === 3);
+    await waitFor(() => held.length, (n) => n === 3);
     held[2]!.release();
     expect((await third).seq).toBe(3);
     expect(committed.map((b) => b.map((m) => m.body))).toEqual([["a"], ["b"], ["c"]]);
@@ -100,7 +97,7 @@ describe("MessageWriter", () => {
     expect(held).toHaveLength(1);
     held[0]!();
     expect((await a).seq).toBe(1);
-    await waitUntil(() => held.length === 2);
+    await waitFor(() => held.length, (n) => n === 2);
     held[1]!();
     expect((await b).seq).toBe(2);
   });

@@ -3,6 +3,7 @@
  * the OpenAPI document.
  */
 import { t } from "elysia";
+import { LivingMapSnapshot } from "../../engine/frames.ts";
 
 export const ENTITY_TYPES = ["city", "space", "node", "agent", "dao", "microdao", "channel"] as const;
 
@@ -13,31 +14,8 @@ export const HealthModel = t.Object({
   time: t.String({ format: "date-time" }),
 });
 
-export const SourceModel = t.Object({
-  name: t.String({ examples: ["space-service"] }),
-  status: t.Union([t.Literal("ok"), t.Literal("stale"), t.Literal("unavailable"), t.Literal("not_configured")]),
-  fetched_at: t.Union([t.String({ format: "date-time" }), t.Null()]),
-  error: t.Optional(t.String()),
-});
-
-export const SnapshotModel = t.Object(
-  {
-    generated_at: t.String({ format: "date-time" }),
-    layers: t.Object({
-      city: t.Record(t.String(), t.Unknown()),
-      space: t.Object({ planets: t.Array(t.Unknown()), nodes: t.Array(t.Unknown()) }),
-      nodes: t.Object({ items: t.Array(t.Unknown()) }),
-      agents: t.Object({ items: t.Array(t.Unknown()) }),
-    }),
-    meta: t.Object({
-      source_services: t.Array(t.String()),
-      sources: t.Array(SourceModel),
-      version: t.Integer(),
-      last_event_id: t.Union([t.String(), t.Null()]),
-    }),
-  },
-  { description: "seed 004 §4.2, plus meta.sources[]: how fresh each upstream's part is" },
-);
+/** The snapshot (seed 004 §4.2, plus meta.sources[]): the same schema the stream's first frame has (`engine/frames.ts`). */
+export const SnapshotModel = t.Object(LivingMapSnapshot.properties, { description: "seed 004 §4.2, plus meta.sources[]: how fresh each upstream's part is" });
 
 export const EntityItemModel = t.Object({
   id: t.String({ examples: ["agent:sofia"] }),
