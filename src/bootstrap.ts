@@ -129,7 +129,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
   const { log } = opts;
   const clock = opts.clock ?? systemClock;
   const scheduler = opts.scheduler ?? systemScheduler;
-  const life = new Lifecycle(log);
+  const life = new Lifecycle(log, clock, scheduler);
   try {
     // Start-up failures name the setting at fault (README "Exit codes").
     let rawStore: Store;
@@ -366,7 +366,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
       name: "readiness",
       stop: async () => {
         stopping = true;
-        if (config.shutdownDrainDelayMs > 0) await Bun.sleep(config.shutdownDrainDelayMs);
+        if (config.shutdownDrainDelayMs > 0) await new Promise<void>((r) => scheduler.after(config.shutdownDrainDelayMs, r));
       },
       timeoutMs: config.shutdownDrainDelayMs + 100,
     });

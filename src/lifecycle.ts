@@ -4,6 +4,7 @@
  * order, each under its own deadline and all under one overall deadline, so a stop that hangs
  * (an engine that never answers) costs its budget and no more.
  */
+import { systemClock, systemScheduler, type Clock, type Scheduler, type Timer } from "./clock.ts";
 import type { Logger } from "./log.ts";
 
 export interface LifecycleStep {
@@ -25,7 +26,15 @@ export class Lifecycle {
   private readonly steps: LifecycleStep[] = [];
   private stopping: Promise<StepReport[]> | null = null;
 
-  constructor(private readonly log: Logger) {}
+  /**
+   * @param clock times the budgets and the reports (ms)
+   * @param scheduler fires the per-step deadlines; a test's ManualClock holds them until it advances
+   */
+  constructor(
+    private readonly log: Logger,
+    private readonly clock: Clock = systemClock,
+    private readonly scheduler: Scheduler = systemScheduler,
+  ) {}
 
   /** Records a started step; it stops before every step added earlier. */
   add(step: LifecycleStep): void {
@@ -49,33 +58,33 @@ export class Lifecycle {
   }
 
   private async run(budgetMs: number): Promise<StepReport[]> {
-    const deadline = performance.now() + budgetMs;
+    const deadline = this.clock.now() + budgetMs;
     const reports: StepReport[] = [];
     const order = [...this.steps].reverse();
     for (const [i, step] of order.entries()) {
-      const left = deadline - performance.now();
+      const left = deadline - this.clock.now();
       if (left <= 0) {
         reports.push({ name: step.name, ms: 0, outcome: "skipped" });
         continue;
       }
       // A hang never eats the later steps' share: each keeps up to 200 ms of the budget.
       const reserve = order.slice(i + 1).reduce((sum, s) => sum + Math.min(200, s.timeoutMs ?? 2000), 0);
-      const t0 = performance.now();
+      const t0 = this.clock.now();
       const budget = Math.max(Math.min(50, left), Math.min(left - reserve, step.timeoutMs ?? 2000));
-      let timer: ReturnType<typeof setTimeout> | undefined;
+      let timer: Timer | undefined;
       let outcome: StepReport["outcome"];
       try {
         outcome = await Promise.race([
           Promise.resolve().then(() => step.stop()).then(() => "ok" as const),
-          new Promise<"timed_out">((r) => (timer = setTimeout(() => r("timed_out"), budget))),
+          new Promise<"timed_out">((r) => (timer = this.scheduler.after(budget, () => r("timed_out")))),
         ]);
       } catch (err) {
         this.log.warn("lifecycle: stop step failed", { step: step.name, err });
         outcome = "failed";
       } finally {
-        clearTimeout(timer);
+        timer?.cancel();
       }
-      const ms = Math.round(performance.now() - t0);
+      const ms = Math.round(this.clock.now() - t0);
       if (outcome === "timed_out") this.log.warn("lifecycle: stop step overran its budget", { step: step.name, budget_ms: Math.round(budget) });
       reports.push({ name: step.name, ms, outcome });
     }

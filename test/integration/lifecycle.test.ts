@@ -4,6 +4,7 @@
  * listener, writes, sockets, services, engines), each under a deadline.
  */
 import { describe, expect, test } from "bun:test";
+import { ManualClock } from "../../src/clock.ts";
 import { refusedUpgrade, startTestCity, testConfig, TestSocket } from "../helpers/city.ts";
 
 describe("lifecycle (embedded default)", () => {
@@ -54,7 +55,10 @@ describe("lifecycle (embedded default)", () => {
 
 describe("lifecycle: the stop, step by step", () => {
   test("not ready first: during the drain delay /readyz is 503 and upgrades get shutting_down, while open sockets and requests carry on", async () => {
-    const city = await startTestCity({ CITY_WRITE_RATE_PER_SECOND: "0", SHUTDOWN_DRAIN_DELAY_MS: "400" });
+    // The drain delay runs on fake time: the checks below happen inside it however slow the
+    // machine, and the stop goes on only when the test advances the clock past it.
+    const clock = new ManualClock(Date.now());
+    const city = await startTestCity({ CITY_WRITE_RATE_PER_SECOND: "0", SHUTDOWN_DRAIN_DELAY_MS: "400" }, { clock, scheduler: clock });
     try {
       const token = await city.token("u_alice");
       const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general`));
@@ -70,6 +74,11 @@ describe("lifecycle: the stop, step by step", () => {
       const res = await city.http("/city/rooms/room_city_general/messages", { method: "POST", token, json: { body: "during the drain" } });
       expect(res.status).toBe(201);
       await s.next((f) => f.event === "room.message" && f.message.body === "during the drain");
+      // Not past the delay yet: the listener is still open and the socket too.
+      await clock.advance(399);
+      expect((await city.http("/readyz")).status).toBe(503);
+      expect(s.closed).toBeNull();
+      await clock.advance(1);
       expect(await stopping).toBe(true);
       expect((await s.waitClosed()).code).toBe(1001);
       const order = city.stopReport().map((r) => r.name);
