@@ -6,6 +6,7 @@
  * documented 4008. Every refusal is a JSON 4xx (or a WS `error` frame) and writes nothing.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { ManualClock } from "../../src/clock.ts";
 import { storeVariants } from "../helpers/engines.ts";
 import { startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
 import type { Logger } from "../../src/log.ts";
@@ -20,6 +21,7 @@ for (const variant of variants) {
   describe(`hostile input (${variant.name})`, () => {
     let city: TestCity;
     let drop: () => Promise<void>;
+    let env: Record<string, string>;
     let token: string;
     const errors: string[] = [];
     const log: Logger = { debug() {}, info() {}, warn() {}, error: (msg) => void errors.push(msg) };
@@ -44,10 +46,8 @@ for (const variant of variants) {
     beforeAll(async () => {
       const made = await variant.env();
       drop = made.drop;
-      city = await startTestCity(
-        { ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", WS_MAX_BUFFERED_BYTES: "65536", HTTP_MAX_BODY_BYTES: "65536", ROOM_RECOVERY_MAX_MESSAGES: "5000" },
-        { log },
-      );
+      env = { ...made.env, CITY_WRITE_RATE_PER_SECOND: "0", WS_MAX_BUFFERED_BYTES: "65536", HTTP_MAX_BODY_BYTES: "65536", ROOM_RECOVERY_MAX_MESSAGES: "5000" };
+      city = await startTestCity(env, { log });
       token = await city.token("u_hostile");
     });
     afterAll(async () => {
@@ -178,22 +178,38 @@ for (const variant of variants) {
     });
 
     test("a consumer that falls behind in a fast burst is closed with 4008 and the reason, which it reads when it catches up", async () => {
-      const slow = await slowSocket(city.port, `/ws/city/rooms/${ROOM}`);
-      const fast = await open(`/ws/city/rooms/${ROOM}`);
-      // ~8 MB: more than the kernel's socket buffers take for the client that stopped reading. Sent
-      // over HTTP, 25 at a time: a socket sending it would get its own 8 MB of echoes through the
-      // same 64 KiB cap and, in a busy test process, be a slow consumer itself.
-      let next = 0;
-      await Promise.all(
-        Array.from({ length: 25 }, async () => {
-          for (let i = next++; i < 2000; i = next++) expect((await req("POST", `/city/rooms/${ROOM}/messages`, { body: `burst ${i} ${"z".repeat(3900)}` })).status).toBe(201);
-        }),
-      );
-      await fast.until(() => fast.frames.filter((f) => f.event === "room.message" && f.message.body.startsWith("burst")).length === 2000, 20_000);
-      await Bun.sleep(600); // two sweeps over the cap
-      const close = await slow.resumeUntilClose();
-      expect(close).toEqual({ code: 4008, reason: expect.stringContaining("slow consumer") });
-      expect(fast.closed).toBeNull();
+      // A city of its own on fake time: the backpressure sweep runs only when the test advances
+      // the clock, so however long the burst takes on a busy machine, the slow client is judged
+      // after it, and is never cut (1006) for not reading its close frame while the burst goes on.
+      const clock = new ManualClock(Date.now());
+      const own = await startTestCity(env, { log, clock, scheduler: clock });
+      const mine: TestSocket[] = [];
+      try {
+        const slow = await slowSocket(own.port, `/ws/city/rooms/${ROOM}`);
+        const fast = await TestSocket.open(own.wsUrl(`/ws/city/rooms/${ROOM}`));
+        mine.push(fast);
+        const writer = await own.token("u_hostile");
+        // ~8 MB: more than the kernel's socket buffers take for the client that stopped reading. Sent
+        // over HTTP, 25 at a time: a socket sending it would get its own 8 MB of echoes through the
+        // same 64 KiB cap and, in a busy test process, be a slow consumer itself.
+        let next = 0;
+        await Promise.all(
+          Array.from({ length: 25 }, async () => {
+            for (let i = next++; i < 2000; i = next++) {
+              const res = await own.http(`/city/rooms/${ROOM}/messages`, { method: "POST", token: writer, json: { body: `burst ${i} ${"z".repeat(3900)}` } });
+              expect(res.status).toBe(201);
+            }
+          }),
+        );
+        await fast.until(() => fast.frames.filter((f) => f.event === "room.message" && f.message.body.startsWith("burst")).length === 2000, 20_000);
+        await clock.advance(2 * 250); // two sweeps over the cap
+        const close = await slow.resumeUntilClose();
+        expect(close).toEqual({ code: 4008, reason: expect.stringContaining("slow consumer") });
+        expect(fast.closed).toBeNull();
+      } finally {
+        for (const s of mine) s.close();
+        await own.dispose();
+      }
     }, 30_000);
 
     test("a recovery larger than the send buffer is paced, not cut: a client that pauses mid-replay gets every message and stays open", async () => {
