@@ -3,6 +3,7 @@
  * on Redis: snapshot, transitions, heartbeat rules, throttled room counts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { ManualClock } from "../../src/clock.ts";
 import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { heartbeating, refusedUpgrade, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
 
@@ -13,10 +14,44 @@ if (redis) variants.push({ name: "redis", env: { REDIS_URL: redis, REDIS_KEY_PRE
 for (const v of variants) {
   describe(`presence socket (${v.name})`, () => {
     let city: TestCity;
+    // Fake time: flushes, sweeps and the room-count throttle run when the test says so. Real I/O
+    // (sockets, Redis) still runs on its own; the test waits for what it causes.
+    const clock = new ManualClock(Date.now());
+    const TTL_MS = 2000;
+    const SWEEP_MS = 100;
+    const THROTTLE_MS = 600;
     const sockets: TestSocket[] = [];
     const track = (s: TestSocket) => (sockets.push(s), s);
+    /** Waits until the server has read every frame `s` sent so far (a bad frame's error answer comes after them). */
+    const received = async (s: TestSocket) => {
+      const from = s.frames.length;
+      s.send("sentinel: not json");
+      await s.next((f) => f.event === "error" && f.code === "invalid_frame", 3000, from);
+    };
+    /** A presence socket for `userId` whose heartbeat has been written. */
+    const online = async (userId: string) => {
+      const s = track(await heartbeating(city, userId));
+      await received(s);
+      await city.presence.flush();
+      return s;
+    };
+    /** A room socket whose hold has been written. */
+    const inRoom = async (roomId: string, userId: string) => {
+      const s = track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/${roomId}?token=${await city.token(userId)}`)));
+      await received(s);
+      await city.presence.flush();
+      return s;
+    };
+    /** Moves fake time on by `ms` and waits for the sweep it started, if any. */
+    const advance = async (ms: number) => {
+      await clock.advance(ms);
+      await city.presence.sweep();
+    };
     beforeAll(async () => {
-      city = await startTestCity({ ...v.env, PRESENCE_TTL_SECONDS: "2", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: "600", TYPING_TTL_SECONDS: "5" });
+      city = await startTestCity(
+        { ...v.env, PRESENCE_TTL_SECONDS: String(TTL_MS / 1000), PRESENCE_SWEEP_MS: String(SWEEP_MS), PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: String(THROTTLE_MS), TYPING_TTL_SECONDS: "5" },
+        { clock, scheduler: clock },
+      );
     });
     afterAll(async () => {
       for (const s of sockets) s.close();
@@ -33,21 +68,34 @@ for (const v of variants) {
     });
 
     test("a heartbeat is seen as presence.update online by another client; offline once after the TTL", async () => {
-      const observer = track(await heartbeating(city, "u_observer"));
-      const alice = track(await heartbeating(city, "u_alice1"));
+      const observer = await online("u_observer");
+      const alice = await online("u_alice1");
       expect(await observer.next((f) => f.event === "presence.update" && f.user_id === "u_alice1")).toEqual({ event: "presence.update", user_id: "u_alice1", status: "online" });
       // keep beating for longer than the TTL: still one online, no offline
       for (let i = 0; i < 3; i++) {
-        await Bun.sleep(800);
+        await advance(TTL_MS * 0.4);
         alice.send({ event: "presence.heartbeat", user_id: "u_alice1" });
+        await received(alice);
+        await city.presence.flush();
       }
       const mine = () => observer.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_alice1");
+      // the observer's own heartbeat stopped long ago; everything it was sent before this user's online came first
+      await online("u_sentinel1");
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_sentinel1");
       expect(mine()).toEqual([{ event: "presence.update", user_id: "u_alice1", status: "online" }]);
-      // stop: offline within TTL + sweep, exactly once
-      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_alice1" && f.status === "offline", 4000);
-      await Bun.sleep(500);
-      expect(mine().map((f) => f.status)).toEqual(["online", "offline"]);
+      expect(await city.presence.isOnline("u_alice1")).toBe(true);
+      // stop: offline at the first sweep after the TTL
+      await advance(TTL_MS - SWEEP_MS);
+      expect(await city.presence.isOnline("u_alice1")).toBe(true);
+      await advance(2 * SWEEP_MS);
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_alice1" && f.status === "offline");
       expect(await city.presence.isOnline("u_alice1")).toBe(false);
+      // exactly once: more sweeps, then a later frame on the same socket
+      await advance(TTL_MS);
+      const from = observer.frames.length;
+      await online("u_sentinel2");
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_sentinel2", 3000, from);
+      expect(mine().map((f) => f.status)).toEqual(["online", "offline"]);
     });
 
     test("a heartbeat for another user gets user_mismatch and is ignored; bad frames get error frames", async () => {
@@ -67,10 +115,10 @@ for (const v of variants) {
     test("?events=counts gets the snapshot and counts but no presence.update; a bad value is refused", async () => {
       const countsOnly = track(await TestSocket.open(city.wsUrl(`/ws/city/presence?events=counts&token=${await city.token("u_counts_only")}`)));
       expect((await countsOnly.next(() => true)).type).toBe("snapshot");
-      const full = track(await heartbeating(city, "u_full_observer"));
-      track(await heartbeating(city, "u_newcomer"));
+      const full = await online("u_full_observer");
+      await online("u_newcomer");
       await full.next((f) => f.event === "presence.update" && f.user_id === "u_newcomer");
-      track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_builders?token=${await city.token("u_newcomer")}`)));
+      await inRoom("room_city_builders", "u_newcomer");
       await countsOnly.next((f) => f.type === "room.presence" && f.room_slug === "builders" && f.online_count === 1);
       expect(countsOnly.frames.filter((f) => f.event === "presence.update")).toEqual([]);
       expect(await refusedUpgrade(`${city.url}/ws/city/presence?events=everything&token=${await city.token("u_x")}`)).toMatchObject({ status: 400 });
@@ -82,23 +130,30 @@ for (const v of variants) {
     });
 
     test("room counts: online changes go out at once, typing-only changes at most once per throttle window", async () => {
-      const observer = track(await heartbeating(city, "u_counts_observer"));
-      const token = await city.token("u_counter");
-      track(await heartbeating(city, "u_counter"));
-      const inRoom = track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_energy?token=${token}`)));
+      const observer = await online("u_counts_observer");
+      const energy = () => observer.frames.filter((f) => f.type === "room.presence" && f.room_slug === "energy");
+      await online("u_counter");
+      const room = await inRoom("room_city_energy", "u_counter");
+      // the online count changed: out at once, without time moving
       const first = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.online_count === 1);
       expect(first).toEqual({ type: "room.presence", room_slug: "energy", online_count: 1, typing_count: 0 });
-      const at = observer.frames.length;
-      const t0 = Date.now();
-      inRoom.send({ event: "room.typing", room_id: "room_city_energy" });
-      const typing = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.typing_count === 1, 3000, at);
-      // typing alone changed and the last frame was under 600 ms ago: it waited for the window
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(300);
+      const at = energy().length;
+      room.send({ event: "room.typing", room_id: "room_city_energy" });
+      await received(room);
+      await city.presence.flush();
+      // typing alone changed and the last frame went out 0 ms ago: it waits for the window
+      await advance(THROTTLE_MS - 1);
+      await online("u_sentinel3");
+      await observer.next((f) => f.event === "presence.update" && f.user_id === "u_sentinel3");
+      expect(energy().length).toBe(at);
+      await advance(1);
+      const typing = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.typing_count === 1);
       expect(typing).toEqual({ type: "room.presence", room_slug: "energy", online_count: 1, typing_count: 1 });
-      const energyFrames = observer.frames.slice(at).filter((f) => f.type === "room.presence" && f.room_slug === "energy");
-      expect(energyFrames.length).toBe(1);
-      inRoom.close();
-      const gone = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.online_count === 0, 3000, at);
+      expect(energy().length).toBe(at + 1);
+      room.close();
+      await room.waitClosed();
+      await city.presence.flush();
+      const gone = await observer.next((f) => f.type === "room.presence" && f.room_slug === "energy" && f.online_count === 0);
       expect(gone.typing_count).toBe(1);
     });
   });
