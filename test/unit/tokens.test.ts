@@ -35,7 +35,9 @@ describe("tokens", () => {
   test("issuer and audience are enforced when configured", async () => {
     const v = await TokenVerifier.create({ secret: SECRET, issuer: "daarion", audience: "city" });
     expect(await v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toMatchObject({ userId: "u_a" });
-    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" }))).rejects.toMatchObject({ code: "unauthorized" });
+    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" }))).rejects.toThrow("claim rejected");
+    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "elsewhere" }))).rejects.toThrow("claim rejected");
+    await expect(v.verify(await signToken(SECRET, "u_a", 60))).rejects.toMatchObject({ code: "unauthorized" });
   });
 
   test("RS256 tokens verify with JWT_PUBLIC_KEY, next to HS256", async () => {
@@ -46,6 +48,33 @@ describe("tokens", () => {
     expect(await v.verify(await signToken(SECRET, "u_local", 60))).toMatchObject({ userId: "u_local" });
     const hsOnly = await TokenVerifier.create({ secret: SECRET });
     await expect(hsOnly.verify(rs)).rejects.toMatchObject({ code: "unauthorized" });
+  });
+
+  test("time claims follow the verifier's clock: nbf in the future is refused until it comes (5 s tolerance); a non-numeric exp is refused", async () => {
+    const clock = new ManualClock(Date.now());
+    const v = await TokenVerifier.create({ secret: SECRET, clock });
+    const key = new TextEncoder().encode(SECRET);
+    const nbf = Math.floor(clock.now() / 1000) + 60;
+    const later = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_later").setNotBefore(nbf).setExpirationTime(nbf + 600).sign(key);
+    await expect(v.verify(later)).rejects.toThrow("nbf");
+    clock.advance(60_000 - 6_000);
+    await expect(v.verify(later)).rejects.toMatchObject({ code: "unauthorized" });
+    clock.advance(2_000); // within the tolerance now
+    expect(await v.verify(later)).toMatchObject({ userId: "u_later" });
+    const odd = await new SignJWT({ exp: "tomorrow" } as any).setProtectedHeader({ alg: "HS256" }).setSubject("u_odd").sign(key);
+    await expect(v.verify(odd)).rejects.toMatchObject({ code: "unauthorized", message: expect.stringContaining("exp") });
+  });
+
+  test("an RS256 token from another key, or an HS256 token signed with the public key's text, is refused", async () => {
+    const { publicKey } = await generateKeyPair("RS256");
+    const other = await generateKeyPair("RS256");
+    const pem = await exportSPKI(publicKey);
+    const v = await TokenVerifier.create({ secret: SECRET, publicKeyPem: pem });
+    const forged = await new SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("u_ext").setExpirationTime("1h").sign(other.privateKey);
+    await expect(v.verify(forged)).rejects.toThrow("invalid token");
+    const confused = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_ext").setExpirationTime("1h").sign(new TextEncoder().encode(pem));
+    await expect(v.verify(confused)).rejects.toThrow("invalid token");
+    await expect(TokenVerifier.create({ secret: SECRET, publicKeyPem: "not a key" })).rejects.toThrow("JWT_PUBLIC_KEY");
   });
 
   test("signToken refuses a user id that is not u_*", async () => {
