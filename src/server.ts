@@ -60,13 +60,10 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
     }
   };
 
-  const safe = (what: string, ws: ServerWebSocket<SocketData>, fn: () => void) => {
-    try {
-      fn();
-    } catch (err) {
-      log.error(`ws: ${what} handler failed`, { route: ws.data.route, err });
-      if (what !== "close") ws.close(CLOSE.internal, "internal error");
-    }
+  /** A route handler threw: logged, and the socket closed with 1011 (never the process). */
+  const failed = (what: "open" | "message" | "close", ws: ServerWebSocket<SocketData>, err: unknown) => {
+    log.error(`ws: ${what} handler failed`, { route: ws.data.route, err });
+    if (what !== "close") ws.close(CLOSE.internal, "internal error");
   };
 
   /** Elysia finds the path after the 11th character; a host shorter than 4 characters (`Host: app`) would lose it. */
@@ -148,12 +145,27 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
       publishToSelf: false,
       open: (ws) => {
         o.hub.track(ws as ServerWebSocket<unknown>);
-        safe("open", ws, () => routeOf(ws).open(ws));
+        try {
+          routeOf(ws).open(ws);
+        } catch (err) {
+          failed("open", ws, err);
+        }
       },
-      message: (ws, raw) => safe("message", ws, () => routeOf(ws).message(ws, raw)),
+      // No closure per frame: a heartbeat storm is 100,000 of these a second.
+      message: (ws, raw) => {
+        try {
+          routeOf(ws).message(ws, raw);
+        } catch (err) {
+          failed("message", ws, err);
+        }
+      },
       drain: (ws) => o.hub.drained(ws as ServerWebSocket<unknown>),
       close: (ws, code, reason) => {
-        safe("close", ws, () => routeOf(ws).close(ws, code, reason));
+        try {
+          routeOf(ws).close(ws, code, reason);
+        } catch (err) {
+          failed("close", ws, err);
+        }
         o.hub.untrack(ws as ServerWebSocket<unknown>);
       },
     },

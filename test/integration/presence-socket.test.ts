@@ -98,6 +98,25 @@ for (const v of variants) {
       expect(mine().map((f) => f.status)).toEqual(["online", "offline"]);
     });
 
+    test("a heartbeat counts in any JSON form: compact, spaced, keys reordered, or without user_id", async () => {
+      const forms = [
+        (u: string) => JSON.stringify({ event: "presence.heartbeat", user_id: u }),
+        (u: string) => `{ "user_id" : "${u}", "event" : "presence.heartbeat" }`,
+        () => JSON.stringify({ event: "presence.heartbeat" }),
+        () => `{"event": "presence.heartbeat"}`,
+      ];
+      for (const [i, form] of forms.entries()) {
+        const user = `u_form${i}`;
+        const s = track(await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${await city.token(user)}`)));
+        await s.next((f) => f.type === "snapshot");
+        s.ws.send(form(user));
+        await received(s);
+        await city.presence.flush();
+        expect(await city.presence.isOnline(user)).toBe(true);
+        expect(s.frames.filter((f) => f.event === "error" && f.code !== "invalid_frame")).toEqual([]);
+      }
+    });
+
     test("a heartbeat for another user gets user_mismatch and is ignored; bad frames get error frames", async () => {
       const s = track(await heartbeating(city, "u_honest"));
       s.send({ event: "presence.heartbeat", user_id: "u_someone_else" });

@@ -21,10 +21,14 @@ import type { PresenceService } from "./service.ts";
 export interface PresenceSocketData extends SocketData {
   route: "presence";
   userId: string;
+  /** This user's heartbeat as compact JSON, the form clients send: taken without a parse. */
+  beat: string;
   /** Receives per-user `presence.update` frames (not with `?events=counts`). */
   updates: boolean;
   /** Counted in the service's `presence.update` audience. */
   counted?: boolean;
+  /** A heartbeat came on this socket already (the first is written early: the user may be coming online). */
+  beaten?: boolean;
 }
 
 export interface PresenceSocketOptions {
@@ -36,9 +40,16 @@ export interface PresenceSocketOptions {
 }
 
 const PATH = /^\/ws\/city\/presence\/?$/;
+/** A heartbeat without `user_id` (the token's user), compact. */
+const BARE_BEAT = JSON.stringify({ event: "presence.heartbeat" });
 
 export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<PresenceSocketData> {
   const sendError = (ws: ServerWebSocket<PresenceSocketData>, code: Parameters<typeof encodeError>[0], message: string) => ws.send(encodeError(code, message));
+  const beat = (ws: ServerWebSocket<PresenceSocketData>) => {
+    const first = !ws.data.beaten;
+    ws.data.beaten = true;
+    o.presence.heartbeat(ws.data.userId, first);
+  };
   return {
     name: "presence",
     match: (pathname) => (PATH.test(pathname) ? {} : null),
@@ -48,7 +59,8 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       if (!principal) throw new AppError("unauthorized", "the presence socket needs a token (?token=… or Authorization)");
       const events = url.searchParams.get("events") ?? "all";
       if (events !== "all" && events !== "counts") throw new AppError("validation_failed", "events must be all (default) or counts");
-      return { route: "presence", userId: principal.userId, expiresAt: principal.expiresAt, updates: events === "all" };
+      const beat = JSON.stringify({ event: "presence.heartbeat", user_id: principal.userId });
+      return { route: "presence", userId: principal.userId, expiresAt: principal.expiresAt, updates: events === "all", beat };
     },
     open(ws) {
       o.service.prepareSnapshot().then(
@@ -71,6 +83,8 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       );
     },
     message(ws, raw) {
+      // The common frame, byte for byte: the same heartbeat a parse would find, without the parse.
+      if (raw === ws.data.beat || raw === BARE_BEAT) return beat(ws);
       const frame = readFrame(ws, raw, o.maxFrameBytes);
       if (!frame) return;
       if (frame.event === "auth.refresh") return void refreshSocketToken(ws, frame, o.verifier);
@@ -80,7 +94,7 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       if (frame.user_id !== undefined && frame.user_id !== ws.data.userId) {
         return sendError(ws, "user_mismatch", `this socket speaks for ${ws.data.userId}; heartbeat for ${String(frame.user_id)} ignored`);
       }
-      o.presence.heartbeat(ws.data.userId);
+      beat(ws);
     },
     close(ws) {
       if (ws.data.counted) o.service.audienceChanged(-1);
