@@ -167,6 +167,9 @@ export class PresenceTracker {
   private readonly view = new Map<string, RoomCounts>();
   private lastHoldRefresh: number;
   private flushing: Promise<void> | null = null;
+  /** When the last flush started (clock ms), and the early flush a first heartbeat asked for. */
+  private lastFlushAt = -Infinity;
+  private early: Timer | null = null;
   private sweeping: Promise<void> | null = null;
   private timers: Timer[] = [];
   private failing = false;
@@ -200,6 +203,8 @@ export class PresenceTracker {
   async close(): Promise<void> {
     for (const t of this.timers) t.cancel();
     this.timers = [];
+    this.early?.cancel();
+    this.early = null;
     await this.sweeping?.catch(() => {});
     await this.flush().catch(() => {});
     await this.o.manager.close();
@@ -229,10 +234,22 @@ export class PresenceTracker {
     this.countListeners.push(fn);
   }
 
-  /** Queues a heartbeat for the next flush (seed 000 §5.2 `presence.heartbeat`). */
-  heartbeat(userId: string): void {
+  /**
+   * Queues a heartbeat for the next flush (seed 000 §5.2 `presence.heartbeat`).
+   * @param first the first heartbeat of a socket (its user may be coming online): written as soon
+   *   as no flush is in flight and half a tick has passed since the last one, rather than at the
+   *   tick, so "online" shows sooner while round trips stay at most twice the tick rate
+   */
+  heartbeat(userId: string, first = false): void {
     if (this.o.batching === false) return this.writeAlone(userId);
     this.heartbeats.add(userId);
+    if (first && this.o.flushMs > 0 && !this.early) {
+      const wait = Math.max(0, this.lastFlushAt + this.o.flushMs / 2 - this.o.clock.now());
+      this.early = this.scheduler.after(wait, () => {
+        this.early = null;
+        if (!this.flushing) void this.flush().catch(() => {});
+      });
+    }
   }
 
   /** The naive path: one round trip for this heartbeat alone. */
@@ -400,6 +417,7 @@ export class PresenceTracker {
   flush(): Promise<void> {
     if (this.flushing) return this.flushing.then(() => (this.pendingCount() ? this.flush() : undefined));
     if (this.pendingCount() === 0) return Promise.resolve();
+    this.lastFlushAt = this.o.clock.now();
     const heartbeats = this.heartbeats;
     const holdOps = this.holdOps;
     const typingOps = this.typingOps;
