@@ -60,9 +60,10 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
         env.DATABASE_URL = db.url;
         cleanups.push(db.drop);
       }
-      // BENCH_PROFILE=<dir>: run from source under Bun's CPU profiler (markdown profile in <dir> on exit).
+      // BENCH_PROFILE=<dir>: run from source under Bun's CPU profiler (markdown profile in <dir> on exit),
+      // sampling every BENCH_PROFILE_INTERVAL_US µs (100; read sample counts, not the wall-weighted times).
       cmd = process.env.BENCH_PROFILE
-        ? ["bun", "--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
+        ? ["bun", "--cpu-prof-md", `--cpu-prof-interval=${process.env.BENCH_PROFILE_INTERVAL_US ?? 100}`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
         : [path.join(ROOT, "dist/daarion-city"), "serve"];
       break;
     }

@@ -4,17 +4,20 @@
  * send their first heartbeat while an observer socket times the `presence.update` online it causes.
  */
 import { Histogram } from "./hist.ts";
+import { encodeClientFrame, openRawWs, type RawWs } from "./raw-ws.ts";
 
 export type PresenceCommand =
   | { op: "open"; baseWs: string; users: { id: string; token: string }[]; concurrency: number }
-  | { op: "beat"; durationMs: number; intervalMs: number }
+  /** `framesPerWrite` heartbeats go out in one write, every `framesPerWrite` intervals (default 1). */
+  | { op: "beat"; durationMs: number; intervalMs: number; framesPerWrite?: number }
   /** One heartbeat from every socket (brings every user online before measuring). */
   | { op: "warm" }
   | { op: "probe"; baseWs: string; observerToken: string; probes: { id: string; token: string }[]; everyMs: number }
   | { op: "close" };
 
 const now = () => performance.timeOrigin + performance.now();
-const sockets: { ws: WebSocket; user: string }[] = [];
+/** The beating sockets: raw TCP WebSockets, each with its heartbeat frame encoded once. */
+const sockets: { ws: RawWs; user: string; beat: Uint8Array }[] = [];
 
 function openOne(url: string, onFrame?: (data: string) => void): Promise<WebSocket | null> {
   return new Promise((resolve) => {
@@ -45,8 +48,8 @@ async function open(cmd: Extract<PresenceCommand, { op: "open" }>) {
     while (next < cmd.users.length) {
       const u = cmd.users[next++]!;
       // counts only: the mass of beating sockets does not listen for every user's transition
-      const ws = await openOne(`${cmd.baseWs}/ws/city/presence?events=counts&token=${u.token}`);
-      if (ws) sockets.push({ ws, user: u.id });
+      const ws = await openRawWs(`${cmd.baseWs}/ws/city/presence?events=counts&token=${u.token}`);
+      if (ws) sockets.push({ ws, user: u.id, beat: encodeClientFrame(`{"event":"presence.heartbeat","user_id":"${u.id}"}`) });
       else failed++;
     }
   };
@@ -54,11 +57,22 @@ async function open(cmd: Extract<PresenceCommand, { op: "open" }>) {
   return { ok: sockets.length, failed, ms: performance.now() - t0 };
 }
 
-/** Every socket beats once per interval, phases spread evenly over the interval. */
+/**
+ * Every socket beats once per interval, phases spread evenly over the interval. With
+ * `framesPerWrite` k > 1 a socket writes k heartbeat frames at once every k intervals (the same
+ * frame rate for the server to read and answer frame by frame, at 1/k of this process's writes).
+ */
 async function beat(cmd: Extract<PresenceCommand, { op: "beat" }>) {
   const n = sockets.length;
-  const frames = sockets.map((s) => `{"event":"presence.heartbeat","user_id":"${s.user}"}`);
+  const k = Math.max(1, cmd.framesPerWrite ?? 1);
+  const writes = sockets.map((s) => {
+    const out = new Uint8Array(s.beat.length * k);
+    for (let i = 0; i < k; i++) out.set(s.beat, i * s.beat.length);
+    return out;
+  });
   let sent = 0;
+  let due = 0;
+  const cpu0 = process.cpuUsage();
   const t0 = performance.now();
   await new Promise<void>((resolve) => {
     const tick = setInterval(() => {
@@ -68,16 +82,16 @@ async function beat(cmd: Extract<PresenceCommand, { op: "beat" }>) {
         resolve();
         return;
       }
-      // beats due so far across all sockets, at n per interval
-      const due = Math.floor((elapsed / cmd.intervalMs) * n);
-      while (sent < due) {
-        const i = sent % n;
-        sockets[i]!.ws.send(frames[i]!);
-        sent++;
+      // writes due so far across all sockets, at n per k intervals
+      const until = Math.floor((elapsed / (cmd.intervalMs * k)) * n);
+      for (; due < until; due++) {
+        const i = due % n;
+        if (sockets[i]!.ws.send(writes[i]!)) sent += k;
       }
     }, 2);
   });
-  return { sent, seconds: (performance.now() - t0) / 1000 };
+  const cpu = process.cpuUsage(cpu0);
+  return { sent, cpu_s: (cpu.user + cpu.system) / 1e6, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** First heartbeats of fresh users, one every `everyMs`, timed to the observer's presence.update. */
@@ -121,7 +135,7 @@ process.on("message", async (cmd: PresenceCommand) => {
       process.send!({ op: "beaten", ...(await beat(cmd)) });
       break;
     case "warm":
-      for (const s of sockets) s.ws.send(`{"event":"presence.heartbeat","user_id":"${s.user}"}`);
+      for (const s of sockets) s.ws.send(s.beat);
       process.send!({ op: "warmed", sent: sockets.length });
       break;
     case "probe":
