@@ -21,10 +21,14 @@ const CODES = new Set(Object.keys(ERROR_STATUS));
  * The fuzz suite on one store. Each store has its own test file (`api.<store>.fuzz.test.ts`) so the
  * two run side by side under `bun test --parallel`.
  */
-export function fuzzSuite(store: "sqlite" | "postgres"): void {
+/**
+ * The fuzz tests of one store: `http` (generated requests) or `sockets` (generated frames). One
+ * file per store and part, so the four run beside each other under `bun test --parallel`.
+ */
+export function fuzzSuite(store: "sqlite" | "postgres", part: "http" | "sockets"): void {
   const variants = storeVariants("fuzzing").filter((v) => v.name === store);
   if (variants.length === 0) return; // storeVariants printed why (or threw under REQUIRE_ENGINES=1)
-  suites(variants);
+  suites(variants, part);
 }
 
 
@@ -114,7 +118,7 @@ const frameArb = fc.oneof(
   nasty,
 );
 
-function suites(variants: ReturnType<typeof storeVariants>): void {
+function suites(variants: ReturnType<typeof storeVariants>, part: "http" | "sockets"): void {
   for (const variant of variants) {
     describe(`fuzzing (${variant.name})`, () => {
       let city: TestCity;
@@ -146,7 +150,7 @@ function suites(variants: ReturnType<typeof storeVariants>): void {
         return JSON.stringify([rooms.map((r) => [r.id, r.name, r.description]), [...seqs], feed[0]?.id, sm.messages, sm.sessions]);
       };
 
-      test(`HTTP: ${HTTP_RUNS} generated requests: no 5xx, every 4xx in the error shape, no write on a refusal`, async () => {
+      if (part === "http") test(`HTTP: ${HTTP_RUNS} generated requests: no 5xx, every 4xx in the error shape, no write on a refusal`, async () => {
         let before = await fingerprint();
         let cases = 0;
         const statuses: Record<number, number> = {};
@@ -193,7 +197,7 @@ function suites(variants: ReturnType<typeof storeVariants>): void {
         expect((await fetch(`${city.url}/healthz`)).status).toBe(200);
       }, 120_000);
 
-      test(`sockets: ${WS_RUNS} generated frames: an answer in the error shape for each refusal, no write, the socket lives on`, async () => {
+      if (part === "sockets") test(`sockets: ${WS_RUNS} generated frames: an answer in the error shape for each refusal, no write, the socket lives on`, async () => {
         const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${tokens.good}`));
         const p = await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${tokens.good}`));
         await p.next((f) => f.type === "snapshot");

@@ -97,9 +97,11 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
       expect(items.map((e) => e.event_type)).toEqual(["agent.event.status", "node.metrics.a", "node.metrics.a"]);
       const snap = await waitFor(
         async () => (await (await second.http("/living-map/snapshot", { token })).json()) as any,
-        (s) => s.layers.nodes.items[0]?.metrics.cpu === 0.9,
+        // both backlog events applied (the scene may apply the second a moment after the first)
+        (s) => s.layers.nodes.items[0]?.metrics.cpu === 0.9 && s.layers.agents.items.length > 0,
         10_000,
       );
+      expect(snap.layers.nodes.items.map((n: any) => n.id)).toEqual(["node:a"]);
       expect(snap.layers.agents.items.map((a: any) => a.id)).toEqual(["agent:night-owl"]);
     } finally {
       await second.dispose();

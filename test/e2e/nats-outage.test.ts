@@ -1,0 +1,73 @@
+/**
+ * A NATS outage of 10 s under load, on the test's own nats-server (a spare port): writes go on,
+ * and once it is back every socket on the other instance has every message, in order, without
+ * reconnecting.
+ */
+import { describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { binaryToken, startBinary, stopBinary } from "../helpers/binary.ts";
+import { TestSocket } from "../helpers/city.ts";
+import { createTestDatabase, deleteRedisKeys, randomSuffix } from "../helpers/engines.ts";
+import { contiguous, lastSeq, pg, post, redis, ROOM, SECRET, seqs } from "../helpers/instances.ts";
+import { ownNats } from "../helpers/own-engines.ts";
+
+describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
+  test("10 s without NATS: writes go on, and once it is back every socket on the other instance has every message, in order", async () => {
+    const db = await createTestDatabase(pg!);
+    const prefix = `t_${randomSuffix()}`;
+    const natsServer = await ownNats();
+    const env = {
+      DATABASE_URL: db.url, REDIS_URL: redis!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: natsServer.url, JWT_SECRET: SECRET,
+      CITY_WRITE_RATE_PER_SECOND: "0", ROOM_POSITION_CHECK_MS: "1000",
+    };
+    const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-outage-"));
+    const [a, b] = [await startBinary({ ...env, DATA_DIR: mkdtempSync(path.join(work, "d-")) }, work), await startBinary({ ...env, DATA_DIR: mkdtempSync(path.join(work, "d-")) }, work)];
+    const receivers: TestSocket[] = [];
+    try {
+      for (let i = 0; i < 3; i++) receivers.push(await TestSocket.open(`${b.wsUrl}/ws/city/rooms/${ROOM}`));
+      const t = binaryToken(env, "u_outage");
+      const start = (await lastSeq(a)) + 1;
+      const acked: number[] = [];
+      let writing = true;
+      let outage = false;
+      let ackedInOutage = 0;
+      const writer = (async () => {
+        while (writing) {
+          const r = await post(a, t, "through the outage");
+          if (r.status === 201) {
+            acked.push(r.seq!);
+            if (outage) ackedInOutage++;
+          }
+          await Bun.sleep(20);
+        }
+      })();
+      await Bun.sleep(1000);
+      await natsServer.stop();
+      outage = true;
+      await Bun.sleep(10_000);
+      outage = false;
+      await natsServer.start();
+      await Bun.sleep(1500);
+      writing = false;
+      await writer;
+      const end = Math.max(...acked);
+      // Writes went on without NATS (how many depends on the machine's load: at least one every 0.5 s).
+      expect(ackedInOutage).toBeGreaterThan(20);
+      for (const r of receivers) {
+        await r.until(() => seqs(r).at(-1) === end, 15_000);
+        contiguous(seqs(r), start, end);
+        expect(r.closed).toBeNull();
+      }
+    } finally {
+      for (const r of receivers) r.close();
+      await stopBinary(a);
+      await stopBinary(b);
+      await natsServer.dispose();
+      await db.drop();
+      await deleteRedisKeys(redis!, `${prefix}:`);
+      rmSync(work, { recursive: true, force: true });
+    }
+  }, 90_000);
+});

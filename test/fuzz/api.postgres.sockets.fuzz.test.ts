@@ -1,0 +1,4 @@
+/** The socket fuzz tests (test/fuzz/api-fuzz.ts) on the postgres store. */
+import { fuzzSuite } from "./api-fuzz.ts";
+
+fuzzSuite("postgres", "sockets");

@@ -1,0 +1,4 @@
+/** The HTTP fuzz tests (test/fuzz/api-fuzz.ts) on the sqlite store. */
+import { fuzzSuite } from "./api-fuzz.ts";
+
+fuzzSuite("sqlite", "http");
