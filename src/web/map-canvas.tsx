@@ -3,6 +3,8 @@
  * on the inner ring, nodes (size by CPU, colour by status) on the middle ring, agents on the outer
  * ring. Positions come from each entity's id, so they stay put between snapshots; the rings turn
  * slowly and the entity the last event named flashes, so the picture moves with the stream.
+ * Drawn at most 30 times a second while a flash fades and 5 times a second otherwise (the rings
+ * turn a few degrees a second): a map left open costs a laptop little.
  */
 import { useEffect, useRef } from "react";
 import type { LivingMapEvent, LivingMapSnapshot } from "../client/index.ts";
@@ -23,6 +25,10 @@ function spread<T extends { id: string }>(items: T[], ring: string): Map<string,
   const start = angleOf(ring);
   return new Map(ids.map((id, i) => [id, start + (i / Math.max(1, ids.length)) * Math.PI * 2]));
 }
+
+/** Least time between two frames while a flash fades, and while nothing but the rings moves, ms. */
+const FRAME_MS_FADING = 33;
+const FRAME_MS_IDLE = 200;
 
 const STATUS_COLOUR: Record<string, string> = { online: "#4ade80", active: "#4ade80", ok: "#4ade80", busy: "#fbbf24", degraded: "#fbbf24", warning: "#fbbf24", offline: "#f87171", error: "#f87171" };
 const colour = (status: string | undefined) => STATUS_COLOUR[status ?? ""] ?? "#8a93ab";
@@ -52,8 +58,15 @@ export function MapCanvas({ snapshot, lastEvent }: { snapshot: LivingMapSnapshot
       }
       return laidOut;
     };
+    let drawnAt = -Infinity;
+    let drawnVersion: LivingMapSnapshot | null = null;
     const draw = (now: number) => {
       frame = requestAnimationFrame(draw);
+      const fading = state.current.flashes.size > 0;
+      const fresh = state.current.snapshot !== drawnVersion;
+      if (!fresh && now - drawnAt < (fading ? FRAME_MS_FADING : FRAME_MS_IDLE)) return;
+      drawnAt = now;
+      drawnVersion = state.current.snapshot;
       const el = canvas.current;
       const ctx = el?.getContext("2d");
       if (!el || !ctx) return;

@@ -5,7 +5,7 @@
  * renders with every request outside the server refused. Screenshots go to `docs/screenshots/`,
  * where the README shows them.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -57,6 +57,11 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     // No JWT_SECRET: the binary makes its own, so the page's local sign-in answers this machine.
     city = await startBinary({ NATS_URL: nats!, NATS_SUBJECT_PREFIX: prefix, LIVING_MAP_JETSTREAM: "off", LOG_LEVEL: "info", ROOM_PRESENCE_THROTTLE_MS: "200" }, work);
     browser = await chromium.launch({ executablePath: browserPath!, args: ["--no-sandbox"] });
+  });
+
+  // Each test's pages close after it: every open page keeps rendering (and its sockets open).
+  afterEach(async () => {
+    for (const p of pages.splice(0)) await p.close().catch(() => {});
   });
 
   afterAll(async () => {
