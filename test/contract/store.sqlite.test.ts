@@ -37,21 +37,31 @@ describe("SqliteStore: appends in call order", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test("a room's appends in flight together are numbered in call order", async () => {
+  test("a room's appends in flight together are numbered in call order, a refused one in the middle taking no seq", async () => {
     await store.migrate();
     expect(store.appendsInOrder).toBe(true);
     const rooms = ["a", "b", "c"].map((s) => `room_city_order_${s}`);
     for (const id of rooms) await store.createRoom(room(id.slice(10)), { messages: [], events: [] });
-    // 60 appends over three rooms, none awaited before the next is called.
+    const dup = message(rooms[0]!, "twice");
+    // 60 appends over three rooms, none awaited before the next is called; one bad batch among them.
     const calls = Array.from({ length: 60 }, (_, i) => {
       const r = rooms[i % 3]!;
-      return { room: r, first: store.appendMessages(r, writes(Array.from({ length: 1 + (i % 3) }, (_, j) => message(r, `o${i}.${j}`)))) };
+      const batch = i === 30 ? [dup, dup] : Array.from({ length: 1 + (i % 3) }, (_, j) => message(r, `o${i}.${j}`));
+      const first = store.appendMessages(r, writes(batch));
+      first.catch(() => {});
+      return { room: r, first };
     });
-    const firsts = await Promise.all(calls.map((c) => c.first));
+    const firsts = await Promise.all(calls.map((c) => c.first.catch(() => null)));
+    expect(firsts.map((f, i) => (f === null ? i : -1)).filter((i) => i >= 0)).toEqual([30]);
     for (const id of rooms) {
-      const mine = firsts.filter((_, i) => calls[i]!.room === id);
-      expect(mine).toEqual([...mine].sort((x, y) => x - y));
+      const mine = firsts.filter((f, i) => calls[i]!.room === id && f !== null) as number[];
       expect(mine[0]).toBe(1);
+      expect(mine).toEqual([...mine].sort((x, y) => x - y));
+      // every seq once, no gap, in call order
+      const stored = await store.listMessages(id, { limit: 200 });
+      expect(stored.map((m) => m.seq)).toEqual(Array.from({ length: stored.length }, (_, k) => k + 1));
+      const order = stored.map((m) => Number(m.body.slice(1).split(".")[0]));
+      expect(order).toEqual([...order].sort((x, y) => x - y));
     }
   });
 });
