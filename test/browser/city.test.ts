@@ -2,8 +2,9 @@
  * The live page in a real Chromium (Debian's `chromium` driven by `playwright-core`), served by the
  * compiled binary on its embedded default plus NATS for the Living Map: two pages chat, an online
  * count changes when a third joins, the map moves when the simulator publishes, and `/swagger`
- * renders with every request outside the server refused. Screenshots go to `docs/screenshots/`,
- * where the README shows them.
+ * renders with every request outside the server refused. Screenshots go to a temporary directory,
+ * or with UPDATE_SCREENSHOTS=1 to `docs/screenshots/`, where the README shows them (so a test run
+ * leaves the checkout as it was).
  */
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -17,7 +18,7 @@ import { chromiumPath, engineUrl, randomSuffix } from "../helpers/engines.ts";
 const SUITE = "the page in Chromium";
 const browserPath = chromiumPath(SUITE);
 const nats = engineUrl("NATS_URL", SUITE);
-const SHOTS = path.join(import.meta.dir, "../../docs/screenshots");
+const SHOTS = process.env.UPDATE_SCREENSHOTS === "1" ? path.join(import.meta.dir, "../../docs/screenshots") : path.join(tmpdir(), `dc-shots-${randomSuffix()}`);
 
 describe.skipIf(!browserPath || !nats)(SUITE, () => {
   const work = mkdtempSync(path.join(tmpdir(), "dc-browser-"));
@@ -69,6 +70,7 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     await browser?.close();
     if (city && city.proc.exitCode === null) await stopBinary(city);
     rmSync(work, { recursive: true, force: true });
+    if (process.env.UPDATE_SCREENSHOTS !== "1") rmSync(SHOTS, { recursive: true, force: true });
   });
 
   test("two pages chat: typing shows on the other page, then the message, each once", async () => {
