@@ -3,6 +3,7 @@
  * by every observer, and both instances report the same room counts.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { ManualClock } from "../../src/clock.ts";
 import { MemoryBroker, MemoryNetwork } from "../../src/engine/broker/memory.ts";
 import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
@@ -14,15 +15,16 @@ const nats = process.env.NATS_URL;
  * Two instances on one Redis (its own key prefix) and one broker (NATS with its own subject prefix
  * when NATS_URL is set, else a memory network), started before and stopped after the suite.
  */
-function pairOnRedis(extra: Record<string, string>) {
+function pairOnRedis(extra: Record<string, string>, clock?: ManualClock) {
   const prefix = `t_${randomSuffix()}:`;
   const natsPrefix = `t_${randomSuffix()}`;
   const env = { REDIS_URL: redis!, REDIS_KEY_PREFIX: prefix, ...extra, ...(nats ? { NATS_URL: nats, NATS_SUBJECT_PREFIX: natsPrefix } : {}) };
   const p = { a: null as unknown as TestCity, b: null as unknown as TestCity, natsPrefix, sockets: [] as TestSocket[] };
   beforeAll(async () => {
     const network = new MemoryNetwork();
-    p.a = await startTestCity(env, nats ? {} : { broker: new MemoryBroker(network) });
-    p.b = await startTestCity({}, { config: p.a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
+    const time = clock ? { clock, scheduler: clock } : {};
+    p.a = await startTestCity(env, { ...time, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
+    p.b = await startTestCity({}, { ...time, config: p.a.config, ...(nats ? {} : { broker: new MemoryBroker(network) }) });
   });
   afterAll(async () => {
     for (const s of p.sockets) s.close();
@@ -34,54 +36,92 @@ function pairOnRedis(extra: Record<string, string>) {
 }
 
 describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${nats ? "nats" : "memory network"})`, () => {
-  const pair = pairOnRedis({ PRESENCE_TTL_SECONDS: "2", PRESENCE_SWEEP_MS: "100", PRESENCE_FLUSH_MS: "5" });
+  // Fake time, shared by both instances: flushes and sweeps run when the test says so; Redis and
+  // the broker are real and the test waits for what they deliver.
+  const clock = new ManualClock(Date.now());
+  const TTL_MS = 2000;
+  const SWEEP_MS = 100;
+  const pair = pairOnRedis({ PRESENCE_TTL_SECONDS: String(TTL_MS / 1000), PRESENCE_SWEEP_MS: String(SWEEP_MS), PRESENCE_FLUSH_MS: "5" }, clock);
   const track = pair.track;
   let a: TestCity;
   let b: TestCity;
   beforeAll(() => {
     ({ a, b } = pair);
   });
+  /** Waits until the server has read every frame `s` sent so far (a bad frame's error answer comes after them). */
+  const received = async (s: TestSocket) => {
+    const from = s.frames.length;
+    s.send("sentinel: not json");
+    await s.next((f) => f.event === "error" && f.code === "invalid_frame", 3000, from);
+  };
+  /** A socket of `userId` on `city` that has beaten, with the beat written. */
+  const beating = async (city: TestCity, userId: string) => {
+    const s = track(await heartbeating(city, userId));
+    await received(s);
+    await city.presence.flush();
+    return s;
+  };
+  /**
+   * Moves the shared fake time on a sweep interval at a time, each step ending with both
+   * instances' sweeps done (on Redis a sweep is real I/O: the timers of one long advance would
+   * find the first still running and skip theirs).
+   */
+  const advance = async (ms: number) => {
+    for (let left = ms; left > 0; left -= SWEEP_MS) {
+      await clock.advance(Math.min(SWEEP_MS, left));
+      await a.presence.sweep();
+      await b.presence.sweep();
+    }
+  };
 
   test("a user heartbeating on both instances goes online once and offline once, as every observer sees it", async () => {
-    const onA = track(await heartbeating(a, "u_obs_a"));
-    const onB = track(await heartbeating(b, "u_obs_b"));
+    const onA = await beating(a, "u_obs_a");
+    const onB = await beating(b, "u_obs_b");
     await a.broker.flush();
     await b.broker.flush();
-    const viaA = track(await heartbeating(a, "u_twice"));
-    const viaB = track(await heartbeating(b, "u_twice"));
+    const viaA = await beating(a, "u_twice");
+    const viaB = await beating(b, "u_twice");
     for (const obs of [onA, onB]) await obs.next((f) => f.event === "presence.update" && f.user_id === "u_twice" && f.status === "online");
+    // beating on both for longer than the TTL: online stays
     for (let i = 0; i < 3; i++) {
-      await Bun.sleep(700);
-      viaA.send({ event: "presence.heartbeat", user_id: "u_twice" });
-      viaB.send({ event: "presence.heartbeat", user_id: "u_twice" });
+      await advance(TTL_MS * 0.35);
+      for (const [s, city] of [[viaA, a], [viaB, b]] as const) {
+        s.send({ event: "presence.heartbeat", user_id: "u_twice" });
+        await received(s);
+        await city.presence.flush();
+      }
     }
-    for (const obs of [onA, onB]) await obs.next((f) => f.event === "presence.update" && f.user_id === "u_twice" && f.status === "offline", 5000);
-    await Bun.sleep(500);
+    expect(await a.presence.isOnline("u_twice")).toBe(true);
+    // stopped on both: offline at the first sweep after the TTL
+    await advance(TTL_MS + 2 * SWEEP_MS);
+    for (const obs of [onA, onB]) await obs.next((f) => f.event === "presence.update" && f.user_id === "u_twice" && f.status === "offline");
+    // exactly once: more sweeps on both, then a later user on each instance. Whatever either
+    // instance sent about u_twice reached each observer before that instance's later user did.
+    await advance(TTL_MS);
+    await beating(a, "u_later_a");
+    await beating(b, "u_later_b");
     for (const obs of [onA, onB]) {
+      for (const later of ["u_later_a", "u_later_b"]) await obs.next((f) => f.event === "presence.update" && f.user_id === later && f.status === "online");
       expect(obs.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_twice").map((f) => f.status)).toEqual(["online", "offline"]);
     }
   });
 
   test("one user connected to each instance: both instances report the same room counts", async () => {
-    const beats = [track(await heartbeating(a, "u_left")), track(await heartbeating(b, "u_right"))];
-    const keepBeating = setInterval(() => {
-      beats[0]!.send({ event: "presence.heartbeat", user_id: "u_left" });
-      beats[1]!.send({ event: "presence.heartbeat", user_id: "u_right" });
-    }, 500);
-    try {
-      track(await TestSocket.open(a.wsUrl(`/ws/city/rooms/room_city_general?token=${await a.token("u_left")}`)));
-      track(await TestSocket.open(b.wsUrl(`/ws/city/rooms/room_city_general?token=${await b.token("u_right")}`)));
-      expect(await waitFor(() => membersOnline(a, "room_city_general"), (n) => n === 2)).toBe(2);
-      expect(await waitFor(() => membersOnline(b, "room_city_general"), (n) => n === 2)).toBe(2);
-      const snapA = await track(await TestSocket.open(a.wsUrl(`/ws/city/presence?token=${await a.token("u_look")}`))).next((f) => f.type === "snapshot");
-      const snapB = await track(await TestSocket.open(b.wsUrl(`/ws/city/presence?token=${await b.token("u_look")}`))).next((f) => f.type === "snapshot");
-      const general = (snap: any) => snap.rooms.find((r: any) => r.room_slug === "general");
-      expect(general(snapA)).toEqual({ room_slug: "general", online_count: 2, typing_count: 0 });
-      expect(general(snapB)).toEqual(general(snapA));
-      expect(await a.presence.roomMembers("room_city_general")).toEqual(["u_left", "u_right"]);
-    } finally {
-      clearInterval(keepBeating);
+    await beating(a, "u_left");
+    await beating(b, "u_right");
+    for (const [city, user] of [[a, "u_left"], [b, "u_right"]] as const) {
+      const room = track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${await city.token(user)}`)));
+      await received(room);
+      await city.presence.flush();
     }
+    expect(await waitFor(() => membersOnline(a, "room_city_general"), (n) => n === 2)).toBe(2);
+    expect(await waitFor(() => membersOnline(b, "room_city_general"), (n) => n === 2)).toBe(2);
+    const snapA = await track(await TestSocket.open(a.wsUrl(`/ws/city/presence?token=${await a.token("u_look")}`))).next((f) => f.type === "snapshot");
+    const snapB = await track(await TestSocket.open(b.wsUrl(`/ws/city/presence?token=${await b.token("u_look")}`))).next((f) => f.type === "snapshot");
+    const general = (snap: any) => snap.rooms.find((r: any) => r.room_slug === "general");
+    expect(general(snapA)).toEqual({ room_slug: "general", online_count: 2, typing_count: 0 });
+    expect(general(snapB)).toEqual(general(snapA));
+    expect(await a.presence.roomMembers("room_city_general")).toEqual(["u_left", "u_right"]);
   });
 });
 
