@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { signToken } from "../../src/auth/tokens.ts";
+import type { ManualClock } from "../../src/clock.ts";
 import { startCity, type CityInstance, type StartOptions } from "../../src/bootstrap.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
 import { silentLogger } from "../../src/log.ts";
@@ -154,11 +155,41 @@ export async function waitFor<T>(fn: () => Promise<T> | T, accept: (v: T) => boo
   }
 }
 
+/**
+ * Resolves once the server has read every frame sent on `s` so far: a frame that is not JSON is
+ * answered (`invalid_frame`) after them, on the room and presence sockets alike.
+ */
+export async function serverRead(s: TestSocket): Promise<void> {
+  const from = s.frames.length;
+  s.send("sentinel: not json");
+  await s.next((f) => f.event === "error" && f.code === "invalid_frame", 3000, from);
+}
+
+/**
+ * Moves fake time on `stepMs` at a time, each step ending with every city's presence sweep done
+ * (on Redis a sweep is real I/O: the timers of one long advance would find the first still
+ * running and skip theirs).
+ */
+export async function advanceSweeping(clock: ManualClock, cities: TestCity[], ms: number, stepMs: number): Promise<void> {
+  for (let left = ms; left > 0; left -= stepMs) {
+    await clock.advance(Math.min(stepMs, left));
+    for (const c of cities) await c.presence.sweep();
+  }
+}
+
 /** Opens a presence socket for `userId`, sends one heartbeat and waits for the snapshot. */
 export async function heartbeating(city: TestCity, userId: string): Promise<TestSocket> {
   const s = await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${await city.token(userId)}`));
   await s.next((f) => f.type === "snapshot");
   s.send({ event: "presence.heartbeat", user_id: userId });
+  return s;
+}
+
+/** {@link heartbeating}, then waits until the server read the heartbeat and writes it (a flush): for tests on fake time. */
+export async function heartbeatWritten(city: TestCity, userId: string): Promise<TestSocket> {
+  const s = await heartbeating(city, userId);
+  await serverRead(s);
+  await city.presence.flush();
   return s;
 }
 

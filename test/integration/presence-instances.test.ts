@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
 import { MemoryBroker, MemoryNetwork } from "../../src/engine/broker/memory.ts";
 import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
-import { heartbeating, membersOnline, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
+import { advanceSweeping, heartbeatWritten, heartbeating, membersOnline, serverRead, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const redis = engineUrl("REDIS_URL", "presence across instances");
 const nats = process.env.NATS_URL;
@@ -48,31 +48,9 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
   beforeAll(() => {
     ({ a, b } = pair);
   });
-  /** Waits until the server has read every frame `s` sent so far (a bad frame's error answer comes after them). */
-  const received = async (s: TestSocket) => {
-    const from = s.frames.length;
-    s.send("sentinel: not json");
-    await s.next((f) => f.event === "error" && f.code === "invalid_frame", 3000, from);
-  };
   /** A socket of `userId` on `city` that has beaten, with the beat written. */
-  const beating = async (city: TestCity, userId: string) => {
-    const s = track(await heartbeating(city, userId));
-    await received(s);
-    await city.presence.flush();
-    return s;
-  };
-  /**
-   * Moves the shared fake time on a sweep interval at a time, each step ending with both
-   * instances' sweeps done (on Redis a sweep is real I/O: the timers of one long advance would
-   * find the first still running and skip theirs).
-   */
-  const advance = async (ms: number) => {
-    for (let left = ms; left > 0; left -= SWEEP_MS) {
-      await clock.advance(Math.min(SWEEP_MS, left));
-      await a.presence.sweep();
-      await b.presence.sweep();
-    }
-  };
+  const beating = async (city: TestCity, userId: string) => track(await heartbeatWritten(city, userId));
+  const advance = (ms: number) => advanceSweeping(clock, [a, b], ms, SWEEP_MS);
 
   test("a user heartbeating on both instances goes online once and offline once, as every observer sees it", async () => {
     const onA = await beating(a, "u_obs_a");
@@ -87,7 +65,7 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
       await advance(TTL_MS * 0.35);
       for (const [s, city] of [[viaA, a], [viaB, b]] as const) {
         s.send({ event: "presence.heartbeat", user_id: "u_twice" });
-        await received(s);
+        await serverRead(s);
         await city.presence.flush();
       }
     }
@@ -111,7 +89,7 @@ describe.skipIf(!redis)(`presence across two instances on one Redis (broker: ${n
     await beating(b, "u_right");
     for (const [city, user] of [[a, "u_left"], [b, "u_right"]] as const) {
       const room = track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${await city.token(user)}`)));
-      await received(room);
+      await serverRead(room);
       await city.presence.flush();
     }
     expect(await waitFor(() => membersOnline(a, "room_city_general"), (n) => n === 2)).toBe(2);

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
 import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
-import { heartbeating, refusedUpgrade, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
+import { advanceSweeping, heartbeatWritten, heartbeating, refusedUpgrade, serverRead, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
 
 const redis = engineUrl("REDIS_URL", "presence socket on redis");
 const variants: { name: string; env: Record<string, string> }[] = [{ name: "in-process", env: {} }];
@@ -22,37 +22,16 @@ for (const v of variants) {
     const THROTTLE_MS = 600;
     const sockets: TestSocket[] = [];
     const track = (s: TestSocket) => (sockets.push(s), s);
-    /** Waits until the server has read every frame `s` sent so far (a bad frame's error answer comes after them). */
-    const received = async (s: TestSocket) => {
-      const from = s.frames.length;
-      s.send("sentinel: not json");
-      await s.next((f) => f.event === "error" && f.code === "invalid_frame", 3000, from);
-    };
     /** A presence socket for `userId` whose heartbeat has been written. */
-    const online = async (userId: string) => {
-      const s = track(await heartbeating(city, userId));
-      await received(s);
-      await city.presence.flush();
-      return s;
-    };
+    const online = async (userId: string) => track(await heartbeatWritten(city, userId));
     /** A room socket whose hold has been written. */
     const inRoom = async (roomId: string, userId: string) => {
       const s = track(await TestSocket.open(city.wsUrl(`/ws/city/rooms/${roomId}?token=${await city.token(userId)}`)));
-      await received(s);
+      await serverRead(s);
       await city.presence.flush();
       return s;
     };
-    /**
-     * Moves fake time on a sweep interval at a time, each step ending with a sweep done (on Redis
-     * a sweep is real I/O: the timers of one long advance would find the first still running and
-     * skip theirs).
-     */
-    const advance = async (ms: number) => {
-      for (let left = ms; left > 0; left -= SWEEP_MS) {
-        await clock.advance(Math.min(SWEEP_MS, left));
-        await city.presence.sweep();
-      }
-    };
+    const advance = (ms: number) => advanceSweeping(clock, [city], ms, SWEEP_MS);
     beforeAll(async () => {
       city = await startTestCity(
         { ...v.env, PRESENCE_TTL_SECONDS: String(TTL_MS / 1000), PRESENCE_SWEEP_MS: String(SWEEP_MS), PRESENCE_FLUSH_MS: "5", ROOM_PRESENCE_THROTTLE_MS: String(THROTTLE_MS), TYPING_TTL_SECONDS: "5" },
@@ -81,7 +60,7 @@ for (const v of variants) {
       for (let i = 0; i < 3; i++) {
         await advance(TTL_MS * 0.4);
         alice.send({ event: "presence.heartbeat", user_id: "u_alice1" });
-        await received(alice);
+        await serverRead(alice);
         await city.presence.flush();
       }
       const mine = () => observer.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_alice1");
@@ -116,7 +95,7 @@ for (const v of variants) {
         const s = track(await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${await city.token(user)}`)));
         await s.next((f) => f.type === "snapshot");
         s.ws.send(form(user));
-        await received(s);
+        await serverRead(s);
         await city.presence.flush();
         expect(await city.presence.isOnline(user)).toBe(true);
         expect(s.frames.filter((f) => f.event === "error" && f.code !== "invalid_frame")).toEqual([]);
@@ -164,7 +143,7 @@ for (const v of variants) {
       expect(first).toEqual({ type: "room.presence", room_slug: "energy", online_count: 1, typing_count: 0 });
       const at = energy().length;
       room.send({ event: "room.typing", room_id: "room_city_energy" });
-      await received(room);
+      await serverRead(room);
       await city.presence.flush();
       // typing alone changed and the last frame went out 0 ms ago: it waits for the window
       await advance(THROTTLE_MS - 1);
