@@ -61,6 +61,34 @@ for (const variant of storeVariants("living map")) {
       expect(body.layers.city.rooms.map((r: any) => r.id).sort()).toEqual(["general", "welcome", "builders", "science", "energy"].map((s) => `room:room_city_${s}`).sort());
     });
 
+    test("a city refresh asked for while one is reading is not lost: it runs again after it", async () => {
+      const store = city.store;
+      const listRooms = store.listRooms;
+      // The first read answers with what it read before the room below was created, and only
+      // when released: as at start-up, where it can begin before the default rooms exist.
+      const held = Promise.withResolvers<void>();
+      let reads = 0;
+      store.listRooms = async (page) => {
+        const rows = await listRooms.call(store, page);
+        if (++reads === 1) await held.promise;
+        return rows;
+      };
+      try {
+        const first = city.livingMap.refreshCity();
+        await waitFor(() => reads, (n) => n === 1);
+        const made = await city.http("/city/rooms", { method: "POST", token, json: { name: "Late", slug: "late" } });
+        expect(made.status).toBe(201);
+        void city.livingMap.refreshCity(); // asked for while the first one reads
+        held.resolve();
+        await first;
+        const rooms = await waitFor(async () => (await get("/living-map/snapshot")).body.layers.city.rooms.map((r: any) => r.id), (ids: string[]) => ids.includes("room:room_city_late"), 3000);
+        expect(rooms).toContain("room:room_city_late");
+        expect(reads).toBeGreaterThanOrEqual(2);
+      } finally {
+        store.listRooms = listRooms;
+      }
+    });
+
     test("a room message moves the map: history (source local), the room's activity, and the stream", async () => {
       const stream = await open(`/living-map/stream?token=${token}`);
       const snap = await stream.next((f) => f.kind === "snapshot");

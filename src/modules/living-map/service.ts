@@ -98,6 +98,8 @@ export class LivingMapService {
   private mode: "jetstream" | "nats" | "local" = "local";
   private readonly badLogged = new Map<string, number>();
   private cityRefreshing = false;
+  /** A city refresh was asked for while one ran (it may have read before what prompted it): run again after. */
+  private cityRefreshAgain = false;
   /** For /metrics. */
   readonly stats = {
     received: 0, applied: 0, stored: 0, dropped: 0, storeFailures: 0, bad: new Map<string, number>(), snapshotsSaved: 0, pruned: 0,
@@ -441,9 +443,16 @@ export class LivingMapService {
 
   // ---- the city layer, snapshots, retention ----------------------------------------------
 
-  /** Reads this process's own layer: rooms, who is online in them, messages of the last hour. */
+  /**
+   * Reads this process's own layer: rooms, who is online in them, messages of the last hour. Asked
+   * for while a read runs, it runs once more after it (at start-up the first read can begin before
+   * the default rooms exist, and the one asked for after they were created must not be lost).
+   */
   async refreshCity(): Promise<void> {
-    if (this.cityRefreshing) return;
+    if (this.cityRefreshing) {
+      this.cityRefreshAgain = true;
+      return;
+    }
     this.cityRefreshing = true;
     const now = this.o.clock.now();
     try {
@@ -460,6 +469,10 @@ export class LivingMapService {
       this.scene.setSourceStatus({ name: "city-service", status: prev.fetched_at ? "stale" : "unavailable", fetched_at: prev.fetched_at, error: (err as Error).message });
     } finally {
       this.cityRefreshing = false;
+      if (this.cityRefreshAgain) {
+        this.cityRefreshAgain = false;
+        void this.refreshCity();
+      }
     }
   }
 
