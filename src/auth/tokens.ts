@@ -1,12 +1,16 @@
 /**
  * Bearer tokens (SPEC "Auth"): JWTs whose `sub` is the user id (`u_*`), HS256 with JWT_SECRET, and
- * RS256 with JWT_PUBLIC_KEY when configured. Signing and verification are jose's; nothing here
- * does crypto by hand.
+ * RS256 with JWT_PUBLIC_KEY when configured. Signatures, algorithms, issuer and audience are
+ * fast-jwt's (synchronous, node:crypto): a connect storm verifies each new token on the event loop
+ * in ~6 µs, where WebCrypto's asynchronous verify cost 20–40 µs and two thread hops (bench/README
+ * "Connections"). The time claims (`exp`, `nbf`) are checked here against the verifier's Clock, so
+ * tests run on fake time; nothing here does crypto by hand.
  */
 import { USER_ID_RE } from "../ids.ts";
+import { createPublicKey } from "node:crypto";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { errors as joseErrors, importSPKI, jwtVerify, SignJWT, type CryptoKey, type JWTVerifyGetKey } from "jose";
+import { createSigner, createVerifier, TokenError } from "fast-jwt";
 import { systemClock, type Clock } from "../clock.ts";
 import { AppError } from "../engine/errors.ts";
 
@@ -44,6 +48,10 @@ export const DEFAULT_MAX_TTL_SECONDS = 30 * 24 * 3600;
 
 /** Verified tokens remembered (a reconnect storm presents the same tokens again). */
 const CACHE_MAX = 10_000;
+/** Clock skew allowed on `exp` and `nbf`, ms. */
+const CLOCK_TOLERANCE_MS = 5000;
+
+type PayloadCheck = (token: string) => Record<string, unknown>;
 
 export class TokenVerifier {
   /** token → who it is (with its expiry); insertion order doubles as LRU order. */
@@ -52,25 +60,30 @@ export class TokenVerifier {
   private readonly firstSeen = new Map<string, number>();
 
   private constructor(
-    private readonly getKey: JWTVerifyGetKey,
-    private readonly algorithms: string[],
+    private readonly hs: PayloadCheck,
+    private readonly rs: PayloadCheck | null,
     private readonly opts: TokenVerifierOptions,
   ) {}
 
-  /** @throws Error when the public key cannot be parsed */
+  /** @throws Error when the public key is not an RSA public key (`auth: JWT_PUBLIC_KEY …`) */
   static async create(opts: TokenVerifierOptions): Promise<TokenVerifier> {
-    // Imported once: given raw bytes, jose would import the key again on every verification.
-    const hmac = await crypto.subtle.importKey("raw", new TextEncoder().encode(opts.secret), { name: "HMAC", hash: "SHA-256" }, false, ["verify"]);
-    let rsa: CryptoKey | null = null;
+    // Signature, algorithm, issuer and audience here; the time claims against our Clock below.
+    const common = {
+      ignoreExpiration: true, ignoreNotBefore: true, cache: false as const,
+      ...(opts.issuer ? { allowedIss: opts.issuer } : {}), ...(opts.audience ? { allowedAud: opts.audience } : {}),
+      requiredClaims: [...(opts.issuer ? ["iss"] : []), ...(opts.audience ? ["aud"] : [])],
+    };
+    const hs = createVerifier({ ...common, key: opts.secret, algorithms: ["HS256"] }) as PayloadCheck;
+    let rs: PayloadCheck | null = null;
     if (opts.publicKeyPem) {
       try {
-        rsa = await importSPKI(opts.publicKeyPem, "RS256");
+        if (createPublicKey(opts.publicKeyPem).asymmetricKeyType !== "rsa") throw new Error("not an RSA key");
+        rs = createVerifier({ ...common, key: opts.publicKeyPem, algorithms: ["RS256"] }) as PayloadCheck;
       } catch (err) {
         throw new Error(`auth: JWT_PUBLIC_KEY is not an RS256 public key: ${(err as Error).message}`);
       }
     }
-    const getKey: JWTVerifyGetKey = (header) => (header.alg === "RS256" && rsa ? rsa : hmac);
-    return new TokenVerifier(getKey, rsa ? ["HS256", "RS256"] : ["HS256"], opts);
+    return new TokenVerifier(hs, rs, opts);
   }
 
   /**
@@ -80,6 +93,11 @@ export class TokenVerifier {
    *   lifetime) or not-yet-valid token, a wrong issuer/audience, or a `sub` that is not a user id
    */
   async verify(token: string): Promise<Principal> {
+    return this.verifySync(token);
+  }
+
+  /** {@link verify} without the promise (a cached token costs a map lookup). @throws as {@link verify} */
+  verifySync(token: string): Principal {
     const now = (this.opts.clock ?? systemClock).now();
     const hit = this.cache.get(token);
     if (hit) {
@@ -89,27 +107,21 @@ export class TokenVerifier {
         return hit;
       }
     }
-    let sub: unknown;
-    let exp: number | undefined;
-    let iat: number | undefined;
-    let role: unknown;
+    let payload: Record<string, unknown>;
     try {
-      const { payload } = await jwtVerify(token, this.getKey, {
-        algorithms: this.algorithms,
-        issuer: this.opts.issuer ?? undefined,
-        audience: this.opts.audience ?? undefined,
-        clockTolerance: 5,
-        currentDate: new Date(now),
-      });
-      sub = payload.sub;
-      exp = payload.exp;
-      iat = payload.iat;
-      role = payload.role;
+      payload = (this.rs && algorithmOf(token) === "RS256" ? this.rs : this.hs)(token);
     } catch (err) {
-      if (err instanceof joseErrors.JWTExpired) throw new AppError("unauthorized", "token expired");
-      if (err instanceof joseErrors.JWTClaimValidationFailed) throw new AppError("unauthorized", `token claim rejected: ${err.claim}`);
+      if (err instanceof TokenError && (err.code === TokenError.codes.invalidClaimValue || err.code === TokenError.codes.missingRequiredClaim)) {
+        throw new AppError("unauthorized", `token claim rejected: ${err.message}`);
+      }
       throw new AppError("unauthorized", "invalid token");
     }
+    const { sub, exp, nbf, iat, role } = payload;
+    for (const [name, v] of [["exp", exp], ["nbf", nbf], ["iat", iat]] as const) {
+      if (v !== undefined && (typeof v !== "number" || !Number.isFinite(v))) throw new AppError("unauthorized", `token claim rejected: ${name} must be a number`);
+    }
+    if (typeof exp === "number" && exp * 1000 + CLOCK_TOLERANCE_MS <= now) throw new AppError("unauthorized", "token expired");
+    if (typeof nbf === "number" && nbf * 1000 - CLOCK_TOLERANCE_MS > now) throw new AppError("unauthorized", "token claim rejected: nbf is in the future");
     if (typeof sub !== "string" || !USER_ID_RE.test(sub)) throw new AppError("unauthorized", "token sub must be a user id (u_…)");
     const maxMs = (this.opts.maxTtlSeconds ?? DEFAULT_MAX_TTL_SECONDS) * 1000;
     let issued = typeof iat === "number" ? iat * 1000 : this.firstSeen.get(token);
@@ -118,7 +130,7 @@ export class TokenVerifier {
       if (this.firstSeen.size >= CACHE_MAX) this.firstSeen.delete(this.firstSeen.keys().next().value!);
       this.firstSeen.set(token, now);
     }
-    const expiresAt = Math.min(typeof exp === "number" ? exp * 1000 + 5000 : Infinity, issued + maxMs);
+    const expiresAt = Math.min(typeof exp === "number" ? exp * 1000 + CLOCK_TOLERANCE_MS : Infinity, issued + maxMs);
     if (expiresAt <= now) throw new AppError("unauthorized", "token expired: older than the maximum token lifetime (JWT_MAX_TTL_SECONDS)");
     const principal: Principal = typeof role === "string" ? { userId: sub, expiresAt, role } : { userId: sub, expiresAt };
     if (this.cache.size >= CACHE_MAX) this.cache.delete(this.cache.keys().next().value!);
@@ -132,10 +144,27 @@ export class TokenVerifier {
    * @throws AppError `unauthorized` when a header is present but is not a valid bearer token
    */
   async fromAuthorization(header: string | null | undefined): Promise<Principal | null> {
+    return this.fromAuthorizationSync(header);
+  }
+
+  /** {@link fromAuthorization} without the promise. @throws as {@link fromAuthorization} */
+  fromAuthorizationSync(header: string | null | undefined): Principal | null {
     if (header === null || header === undefined || header === "") return null;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!m) throw new AppError("unauthorized", "Authorization must be 'Bearer <token>'");
-    return this.verify(m[1]!);
+    return this.verifySync(m[1]!);
+  }
+}
+
+/** The `alg` of a compact JWT's header, to pick the verifier (which checks it again); `null` when unreadable. */
+function algorithmOf(token: string): string | null {
+  const dot = token.indexOf(".");
+  if (dot <= 0) return null;
+  try {
+    const alg = JSON.parse(Buffer.from(token.slice(0, dot), "base64url").toString("utf8"))?.alg;
+    return typeof alg === "string" ? alg : null;
+  } catch {
+    return null;
   }
 }
 
@@ -152,10 +181,12 @@ export async function signToken(
   claims: { issuer?: string | null; audience?: string | null; role?: string | null } = {},
 ): Promise<string> {
   if (!USER_ID_RE.test(userId)) throw new Error(`token: user id must match ${USER_ID_RE.source}, got ${JSON.stringify(userId)}`);
-  let jwt = new SignJWT(claims.role ? { role: claims.role } : {}).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setSubject(userId).setIssuedAt().setExpirationTime(`${ttlSeconds}s`);
-  if (claims.issuer) jwt = jwt.setIssuer(claims.issuer);
-  if (claims.audience) jwt = jwt.setAudience(claims.audience);
-  return jwt.sign(new TextEncoder().encode(secret));
+  const iat = Math.floor(Date.now() / 1000);
+  const payload: Record<string, unknown> = { sub: userId, iat, exp: iat + ttlSeconds };
+  if (claims.role) payload.role = claims.role;
+  if (claims.issuer) payload.iss = claims.issuer;
+  if (claims.audience) payload.aud = claims.audience;
+  return createSigner({ key: secret, algorithm: "HS256" })(payload);
 }
 
 /**
