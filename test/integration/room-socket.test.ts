@@ -4,7 +4,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { storeVariants } from "../helpers/engines.ts";
-import { heartbeating, membersOnline, refusedUpgrade, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
+import { ManualClock } from "../../src/clock.ts";
+import { heartbeating, membersOnline, refusedUpgrade, serverRead, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const variants = storeVariants("room sockets");
 
@@ -271,41 +272,87 @@ for (const variant of variants) {
 }
 
 describe("membership announcements in large rooms", () => {
-  test("above ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users online, socket joins and leaves are not broadcast", async () => {
-    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2", PRESENCE_SWEEP_MS: "100", CITY_WRITE_RATE_PER_SECOND: "0" });
+  // On fake time: holds are written only by the flushes the test makes, so which joins share a
+  // flush is decided here, not by the machine's speed.
+  const room = "room_city_general";
+  const startCapped = async () => {
+    const clock = new ManualClock(Date.now());
+    const city = await startTestCity({ ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS: "2", CITY_WRITE_RATE_PER_SECOND: "0" }, { clock, scheduler: clock });
     const opened: TestSocket[] = [];
-    try {
-      const room = "room_city_general";
-      const watcher = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}`));
-      opened.push(watcher);
-      const join = async (user: string) => {
-        const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}?token=${await city.token(user)}`));
-        opened.push(s);
-        return s;
-      };
-      await join("u_a");
-      await join("u_b");
-      const c = await join("u_c");
-      await waitFor(async () => city.presence.roomHolders(room), (n) => n === 3);
-      // HTTP join above the cap: accepted, not announced
-      const res = await city.http(`/city/rooms/${room}/join`, { method: "POST", token: await city.token("u_http") });
-      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_http", announced: false });
-      // a sentinel message: everything announced before it has reached the watcher
-      await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: await city.token("u_a"), json: { body: "sentinel 1" } });
-      await watcher.next((f) => f.event === "room.message" && f.message.body === "sentinel 1");
-      expect(watcher.frames.filter((f) => f.event === "room.join").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
-      expect(watcher.frames.filter((f) => f.event === "room.presence").map((f) => f.user_id)).toEqual(["u_a", "u_b"]);
-      c.close();
-      await c.waitClosed();
-      await waitFor(async () => city.presence.roomHolders(room), (n) => n === 2);
-      await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: await city.token("u_a"), json: { body: "sentinel 2" } });
-      await watcher.next((f) => f.event === "room.message" && f.message.body === "sentinel 2");
-      expect(watcher.frames.filter((f) => f.event === "room.leave")).toEqual([]);
-      opened[2]!.close(); // u_b leaves a room of two: announced again
-      expect(await watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_b" });
-    } finally {
+    const watcher = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}`));
+    opened.push(watcher);
+    /** Opens `user`'s socket and waits until the server has run its open handler (it holds the room). */
+    const join = async (user: string) => {
+      const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${room}?token=${await city.token(user)}`));
+      opened.push(s);
+      await serverRead(s);
+      return s;
+    };
+    /** A sentinel message: everything announced before it has reached the watcher once it arrives. */
+    const sentinel = async (body: string) => {
+      await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: await city.token("u_a"), json: { body } });
+      await watcher.next((f) => f.event === "room.message" && f.message.body === body);
+    };
+    const users = (event: string) => watcher.frames.filter((f) => f.event === event).map((f) => f.user_id);
+    const dispose = async () => {
       for (const s of opened) s.close();
       await city.dispose();
+    };
+    return { city, watcher, join, sentinel, users, dispose };
+  };
+
+  test("above ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users, socket joins and leaves are not broadcast", async () => {
+    const t = await startCapped();
+    try {
+      await t.join("u_a");
+      await t.city.presence.flush();
+      await t.join("u_b");
+      await t.city.presence.flush();
+      const c = await t.join("u_c");
+      await t.city.presence.flush();
+      expect(t.city.presence.roomHolders(room)).toBe(3);
+      // HTTP join above the cap: accepted, not announced
+      const res = await t.city.http(`/city/rooms/${room}/join`, { method: "POST", token: await t.city.token("u_http") });
+      expect(await res.json()).toEqual({ ok: true, room_id: room, user_id: "u_http", announced: false });
+      await t.sentinel("sentinel 1");
+      expect(t.users("room.join")).toEqual(["u_a", "u_b"]);
+      expect(t.users("room.presence")).toEqual(["u_a", "u_b"]);
+      c.close();
+      await c.waitClosed();
+      await serverRead(t.watcher); // the server has seen the close before it reads this
+      await t.city.presence.flush();
+      expect(t.city.presence.roomHolders(room)).toBe(2);
+      await t.sentinel("sentinel 2");
+      expect(t.users("room.leave")).toEqual([]); // the room had 3 users before u_c left
+    } finally {
+      await t.dispose();
+    }
+  });
+
+  test("joins that take a room over the cap in one flush announce none of them; a leave from a room of at most the cap is announced", async () => {
+    const t = await startCapped();
+    try {
+      await t.join("u_a");
+      const b = await t.join("u_b");
+      const c = await t.join("u_c");
+      await t.city.presence.flush(); // one write: 0 → 3 users (counted join by join, u_a and u_b would be announced)
+      expect(t.city.presence.roomHolders(room)).toBe(3);
+      await t.sentinel("after the burst");
+      expect(t.users("room.join")).toEqual([]);
+      c.close();
+      await c.waitClosed();
+      await serverRead(t.watcher);
+      await t.city.presence.flush();
+      b.close();
+      await b.waitClosed();
+      await serverRead(t.watcher);
+      await t.city.presence.flush();
+      // u_c left a room of 3 (not announced), u_b a room of 2 (announced)
+      expect(await t.watcher.next((f) => f.event === "room.leave")).toEqual({ event: "room.leave", room_id: room, user_id: "u_b" });
+      await t.sentinel("after the leaves");
+      expect(t.users("room.leave")).toEqual(["u_b"]);
+    } finally {
+      await t.dispose();
     }
   });
 });

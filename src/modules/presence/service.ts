@@ -10,7 +10,8 @@
  *   local sockets listen (sockets opened with `?events=counts` do not).
  * - Memberships: a user's first socket in a room on any instance (and their last one leaving) is
  *   announced once, by the instance whose write saw it, as `room.join` + `room.presence` to the
- *   room's sockets everywhere, while the room has at most ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users.
+ *   room's sockets everywhere, while the room has at most ROOM_MEMBERSHIP_EVENTS_MAX_MEMBERS users
+ *   (a join: as the write that recorded it left the room; a leave: as the room was before it).
  * - Room counts: the instance whose write changed a room's numbers publishes them on
  *   `city.presence.room.<slug>` in seed 003 §4.1's payload (plus `version` and `connected_count`)
  *   and sends `{type:"room.presence", …}` to its presence sockets: at once when the online count
@@ -195,10 +196,17 @@ export class PresenceService {
     }
   }
 
-  /** `room.join`/`room.leave` and the matching `room.presence`, unless the room is too large for per-user events. */
+  /**
+   * `room.join`/`room.leave` and the matching `room.presence`, unless the room is too large for
+   * per-user events. A join counts the room as the flush that wrote it left it (the view is
+   * updated before memberships are reported), not as it was after that one join: a connect storm
+   * that takes a room from 0 to 1,000 users in one flush announces none of them, where counting
+   * join by join announced the first 200 to every socket already in (two frames each, 40,000
+   * frames per 100 sockets: 60% of the server's time in a 10,000-socket storm). A leave counts
+   * the room as it was before it (the last users to leave a large room are announced).
+   */
   private announce(m: Membership, kind: "join" | "leave"): void {
-    // Join: the room has `holders` users now; leave: it had one more before.
-    const users = kind === "join" ? m.holders : m.holders + 1;
+    const users = kind === "join" ? Math.max(m.holders, this.o.presence.roomHolders(m.roomId)) : m.holders + 1;
     if (users > this.o.membershipEventsMaxMembers) return;
     const { streams } = this.o;
     streams.publishEvent(m.roomId, encodeRoomMembership(kind === "join" ? "room.join" : "room.leave", m.roomId, m.userId));
