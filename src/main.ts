@@ -13,7 +13,6 @@ import { openStore, startCity, VERSION } from "./bootstrap.ts";
 import { ConfigError, loadConfig, type Config } from "./config.ts";
 import { createLogger } from "./log.ts";
 import { SettingError, storeFailure } from "./startup.ts";
-import { simulate } from "./simulate.ts";
 
 const USAGE = `daarion-city ${VERSION}: the DAARION City realtime backend
 
@@ -63,9 +62,9 @@ async function serve(config: Config): Promise<void> {
 }
 
 async function migrate(config: Config): Promise<void> {
-  let store: ReturnType<typeof openStore>;
+  let store: Awaited<ReturnType<typeof openStore>>;
   try {
-    store = openStore(config);
+    store = await openStore(config);
   } catch (err) {
     throw storeFailure(config, err);
   }
@@ -138,6 +137,7 @@ async function simulateCommand(config: Config, args: string[]): Promise<void> {
   const agents = opt("agents", 20, 0, 100_000);
   const seed = opt("seed", Date.now() % 2 ** 31, 0, 2 ** 31);
   console.log(`simulate: ${rate} events/s on ${config.natsUrl}${config.natsSubjectPrefix ? ` (prefix ${config.natsSubjectPrefix})` : ""}, ${nodes} nodes, ${agents} agents, seed ${seed}`);
+  const { simulate } = await import("./simulate.ts"); // NATS's client only for this command
   const sent = await simulate({
     url: config.natsUrl, prefix: config.natsSubjectPrefix, rate, durationMs: duration > 0 ? duration * 1000 : null, nodes, agents, seed,
     onProgress: (n) => process.stdout.write(`\rsimulate: ${n} events sent`),
