@@ -13,12 +13,17 @@ export function livingMapRow(e: LivingMapEventWrite): LivingMapRowValues {
   return [e.id, e.timestamp, e.event_type, e.payloadJson ?? JSON.stringify(e.payload), e.source, e.entity_id, e.entity_type, e.stream_seq];
 }
 
-/** Opens the pragmas every connection to the city database uses. */
+/**
+ * Opens the pragmas every connection to the city database uses. The busy timeout comes first:
+ * the main connection and the writer thread's open the same file at once, and the second one's
+ * `journal_mode` could meet the first one's lock (SQLITE_BUSY_RECOVERY on a new file, seen once in
+ * ~400 test starts) and fail at once instead of waiting.
+ */
 export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"): void {
+  db.exec("PRAGMA busy_timeout = 5000");
   db.exec("PRAGMA journal_mode = WAL");
   db.exec(`PRAGMA synchronous = ${synchronous}`);
   db.exec("PRAGMA foreign_keys = ON");
-  db.exec("PRAGMA busy_timeout = 5000");
 }
 
 /** Every write of the embedded store; the writer thread runs them by name (`op`). */
