@@ -62,8 +62,9 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       }
       // BENCH_PROFILE=<dir>: run from source under Bun's CPU profiler (markdown profile in <dir> on exit),
       // sampling every BENCH_PROFILE_INTERVAL_US µs (100; read sample counts, not the wall-weighted times).
+      // BENCH_PROFILE_FORMAT=cpuprofile writes a .cpuprofile instead: bench/profile-samples.ts counts its samples.
       cmd = process.env.BENCH_PROFILE
-        ? ["bun", "--cpu-prof-md", `--cpu-prof-interval=${process.env.BENCH_PROFILE_INTERVAL_US ?? 100}`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
+        ? ["bun", process.env.BENCH_PROFILE_FORMAT === "cpuprofile" ? "--cpu-prof" : "--cpu-prof-md", `--cpu-prof-interval=${process.env.BENCH_PROFILE_INTERVAL_US ?? 100}`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
         : // BENCH_FROM_SOURCE=1: the sources without the profiler (to tell a bundling effect from a code one)
           process.env.BENCH_FROM_SOURCE ? ["bun", path.join(ROOT, "src/main.ts"), "serve"] : [path.join(ROOT, "dist/daarion-city"), "serve"];
       break;
