@@ -21,14 +21,21 @@ const redis = engineUrl("REDIS_URL", "Matrix presence on the binary");
 const nats = engineUrl("NATS_URL", "Matrix presence on the binary");
 const BOT = "@presence_daemon:city.test";
 const GEN = "!gen:city.test";
+/** The kill test's lease: a takeover within 2× this is what it checks. */
 const LEASE_MS = 1500;
+/**
+ * The other pair's lease: nothing there depends on a takeover, so a stall of the loaded machine
+ * must not cause one (under the full parallel suite with a 1.5 s lease the loop once published
+ * nothing for 5 s: a lost lease restarts it on the other binary).
+ */
+const STEADY_LEASE_MS = 10_000;
 const THROTTLE_MS = 500;
 
 /**
  * Two binaries on one PostgreSQL, Redis and NATS (own database and prefixes) pointed at a fake
  * homeserver, started before the describe's tests; the kill test has a pair of its own.
  */
-function useMatrixBinaries() {
+function useMatrixBinaries(leaseMs: number) {
   const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-matrix-"));
   const prefix = `t_${randomSuffix()}`;
   const keyPrefix = `${prefix}:`;
@@ -61,7 +68,7 @@ function useMatrixBinaries() {
     env = {
       DATABASE_URL: db.url, REDIS_URL: redis!, REDIS_KEY_PREFIX: keyPrefix, NATS_URL: nats!, NATS_SUBJECT_PREFIX: prefix, LIVING_MAP_JETSTREAM: "off",
       JWT_SECRET: "e2e-matrix-secret-0123456789-abcdefgh", LOG_LEVEL: "info", MATRIX_HS_URL: hs.url, MATRIX_ACCESS_TOKEN: "daemon-token", MATRIX_USER_ID: BOT,
-      MATRIX_ROOM_ALIAS_TEMPLATE: "#city_{slug}:city.test", MATRIX_SYNC_TIMEOUT_MS: "10000", MATRIX_LEASE_TTL_MS: String(LEASE_MS),
+      MATRIX_ROOM_ALIAS_TEMPLATE: "#city_{slug}:city.test", MATRIX_SYNC_TIMEOUT_MS: "10000", MATRIX_LEASE_TTL_MS: String(leaseMs),
       ROOM_PRESENCE_THROTTLE_MS: String(THROTTLE_MS), PRESENCE_FLUSH_MS: "10", TYPING_TTL_SECONDS: "30",
     };
     runs.push(await startBinary(env, work));
@@ -81,13 +88,26 @@ function useMatrixBinaries() {
     rmSync(work, { recursive: true, force: true });
   });
 
-  return { runs, sockets, published, leaderOf, hs: () => hs, env: () => env };
+  /**
+   * Runs `body`; when it fails, the error carries each binary's last Matrix and lease log lines
+   * (a loaded machine once saw no publication within 5 s of a live loop: this says why next time).
+   */
+  const explained = async (body: () => Promise<void>) => {
+    try {
+      await body();
+    } catch (err) {
+      const tails = runs.map((r, i) => `binary ${i} (${r.url}):\n${r.lines.filter((l) => /matrix|lease|sync/i.test(l)).slice(-15).join("\n")}`);
+      throw Object.assign(err as Error, { message: `${(err as Error).message}\n${tails.join("\n")}` });
+    }
+  };
+
+  return { runs, sockets, published, leaderOf, hs: () => hs, env: () => env, explained };
 }
 
 describe.skipIf(!pg || !redis || !nats)("Matrix presence on two compiled binaries", () => {
-  const { runs, sockets, published, leaderOf, hs: homeserver, env: binaryEnv } = useMatrixBinaries();
+  const { runs, sockets, published, hs: homeserver, env: binaryEnv, explained } = useMatrixBinaries(STEADY_LEASE_MS);
 
-  test("a Matrix user online, then typing, reaches NATS and the presence socket of both binaries within a sync round trip plus the throttle", async () => {
+  test("a Matrix user online, then typing, reaches NATS and the presence socket of both binaries within a sync round trip plus the throttle", () => explained(async () => {
     const watchers: TestSocket[] = [];
     for (const r of runs) {
       const s = await TestSocket.open(`${r.wsUrl}/ws/city/presence?token=${binaryToken(binaryEnv(), "u_watch")}`);
@@ -112,9 +132,9 @@ describe.skipIf(!pg || !redis || !nats)("Matrix presence on two compiled binarie
     expect(typing!.data.typing_users).toEqual(["@alice:city.test"]);
     expect(typing!.at - t1).toBeLessThan(THROTTLE_MS + 1000);
     for (const s of watchers) await s.next((f) => f.type === "room.presence" && f.room_slug === "general" && f.typing_count === 1, THROTTLE_MS + 1000);
-  });
+  }));
 
-  test("exactly one binary syncs: one homeserver session, one publication per Matrix change", async () => {
+  test("exactly one binary syncs: one homeserver session, one publication per Matrix change", () => explained(async () => {
     const from = published.length;
     homeserver().join(GEN, "@bob:city.test");
     homeserver().setPresence("@bob:city.test", "online");
@@ -125,12 +145,12 @@ describe.skipIf(!pg || !redis || !nats)("Matrix presence on two compiled binarie
     const leaders = [];
     for (const r of runs) leaders.push(((await (await fetch(`${r.url}/readyz`)).json()) as any).matrix.leader);
     expect(leaders.filter(Boolean).length).toBe(1);
-  });
+  }));
 });
 
 // Kills the syncing binary: a pair of its own, so the other tests never meet a dead one.
 describe.skipIf(!pg || !redis || !nats)("Matrix presence on two compiled binaries: the syncing one killed", () => {
-  const { runs, published, leaderOf, hs: homeserver } = useMatrixBinaries();
+  const { runs, published, leaderOf, hs: homeserver } = useMatrixBinaries(LEASE_MS);
 
   test("kill -9 of the syncing binary: the other takes the loop over within 2× the lease TTL and Matrix users stay counted", async () => {
     const leader = (await leaderOf())!;
