@@ -21,7 +21,7 @@ import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, deleteLivingMapStream, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, buildProject, cpuSeconds, createBenchDatabase, deleteLivingMapStream, projectBinary, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 type Config = "one" | "three-worker" | "three-main";
@@ -67,7 +67,7 @@ async function startCity(n: number, extraEnv: Record<string, string>): Promise<{
       DATABASE_URL: db.url, REDIS_URL: process.env.REDIS_URL!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: process.env.NATS_URL!, NATS_SUBJECT_PREFIX: prefix,
       ...extraEnv,
     };
-    instances.push(await spawnListening([path.join(ROOT, "dist/daarion-city"), "serve"], env, `instance ${i}`));
+    instances.push(await spawnListening([projectBinary(), "serve"], env, `instance ${i}`));
   }
   return {
     instances,
@@ -169,8 +169,7 @@ async function main(): Promise<void> {
   const reps = quick ? 1 : 2;
   const started = new Date();
   const t0 = performance.now();
-  const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
-  if (build.exitCode !== 0) throw new Error("bench: bun run build failed");
+  buildProject();
   const runs: Result[] = [];
   const summaries = [];
   for (const s of scenarios) {
@@ -202,7 +201,7 @@ async function main(): Promise<void> {
     date: started.toISOString(), command: `bun run bench:cluster${quick ? " --quick" : ""}`, duration_s: Math.round((performance.now() - t0) / 1000),
     machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? "?", memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), bun: Bun.version },
   };
-  const scratch = quick || Boolean(rateArg);
+  const scratch = quick || Boolean(rateArg) || Boolean(process.env.BENCH_BINARY);
   const dir = path.join(ROOT, "bench/results", scratch ? "scratch" : "");
   mkdirSync(dir, { recursive: true });
   const json = JSON.stringify({ meta, summaries, runs }, null, 1);

@@ -17,7 +17,7 @@ import { signToken } from "../src/auth/tokens.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { PresenceCommand } from "./load/presence-client.ts";
 import { ClientProc } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, ROOT, startServer, type RunningServer } from "./servers.ts";
+import { BENCH_SECRET, buildProject, cpuSeconds, ROOT, startServer, type RunningServer } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 interface Scenario {
@@ -183,13 +183,12 @@ async function main() {
   // --only=hb-100k,… runs those scenarios alone (a scratch run: the README table is left as it is).
   const only = process.argv.find((a) => a.startsWith("--only="))?.slice(7).split(",");
   const scenarios = (quick ? QUICK : FULL).filter((s) => !only || only.includes(s.id));
-  const scratch = quick || !!only;
+  const scratch = quick || !!only || Boolean(process.env.BENCH_BINARY);
   const reps = quick || process.argv.includes("--batched-only") ? 1 : 2;
   const prefix = `bench_${Math.random().toString(36).slice(2, 8)}:`;
   const started = new Date();
   const t0 = performance.now();
-  const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
-  if (build.exitCode !== 0) throw new Error("bench: build failed");
+  buildProject();
   const results: Result[] = [];
   try {
     for (const s of scenarios) {

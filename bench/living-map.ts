@@ -30,7 +30,7 @@ import { world } from "../src/simulate.ts";
 import { Histogram, merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { MapCommand, MapReport } from "./load/map-client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, cpuSeconds, createBenchDatabase, deleteLivingMapStream, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, buildProject, cpuSeconds, createBenchDatabase, deleteLivingMapStream, projectBinary, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 const quick = process.argv.includes("--quick");
@@ -68,7 +68,7 @@ async function makeCity(store: "postgres" | "sqlite"): Promise<City> {
       spawn(
         process.env.BENCH_PROFILE
           ? ["bun", "--cpu-prof-md", `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
-          : [path.join(ROOT, "dist/daarion-city"), "serve"],
+          : [projectBinary(), "serve"],
         env(extra),
         `daarion-city (${store})`,
       ),
@@ -334,8 +334,7 @@ async function main(): Promise<void> {
   });
   const started = new Date();
   const t0 = performance.now();
-  const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
-  if (build.exitCode !== 0) throw new Error("bench: bun run build failed");
+  buildProject();
 
   // BENCH_ONLY=snapshot|history|fanout runs one part (scratch results only).
   const only = process.env.BENCH_ONLY;
@@ -382,7 +381,7 @@ async function main(): Promise<void> {
     date: started.toISOString(), command: `bun run bench:living-map${quick ? " --quick" : ""}`, duration_s: Math.round((performance.now() - t0) / 1000),
     machine: { cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model ?? "?", memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), bun: Bun.version },
   };
-  const scratch = quick || Boolean(only);
+  const scratch = quick || Boolean(only) || Boolean(process.env.BENCH_BINARY);
   const dir = path.join(ROOT, "bench/results", scratch ? "scratch" : "");
   mkdirSync(dir, { recursive: true });
   const json = JSON.stringify({ meta, snapshot, history, history_threads_cpu_s: threads, fanout, fanRuns }, null, 1);

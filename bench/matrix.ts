@@ -16,7 +16,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { writeSection } from "./render.ts";
-import { BENCH_SECRET, ROOT, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, projectBinary, ROOT, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
 
 const quick = process.argv.includes("--quick");
 const CHURNS = quick ? [5000] : [2000, 10_000];
@@ -52,7 +52,7 @@ async function once(churn: number, mode: "worker" | "main", rep: number): Promis
   let city: ListeningProcess | null = null;
   try {
     const rooms = Array.from({ length: ROOMS }, (_, i) => `r${i}`).join(",");
-    city = await spawnListening([path.join(ROOT, "dist/daarion-city"), "serve"], {
+    city = await spawnListening([projectBinary(), "serve"], {
       HOST: "127.0.0.1", PORT: "0", DATA_DIR: dir, JWT_SECRET: BENCH_SECRET, LOG_LEVEL: "info", CITY_DEFAULT_ROOMS: rooms,
       MATRIX_HS_URL: hs.url, MATRIX_ACCESS_TOKEN: "bench-token", MATRIX_USER_ID: "@bot:bench", MATRIX_ROOM_ALIAS_TEMPLATE: "#city_{slug}:bench",
       MATRIX_SYNC_WORKER: mode === "worker" ? "on" : "off", MATRIX_SYNC_TIMEOUT_MS: "30000",

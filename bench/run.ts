@@ -15,7 +15,7 @@ import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { availableServers, BENCH_SECRET, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
+import { availableServers, BENCH_SECRET, buildProject, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
 import { stageSummary } from "./prom.ts";
 import { renderReadme } from "./render.ts";
 
@@ -329,8 +329,7 @@ async function main(): Promise<void> {
   const t0 = performance.now();
 
   if (servers.some((s) => s.startsWith("project"))) {
-    const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
-    if (build.exitCode !== 0) throw new Error("bench: bun run build failed");
+    buildProject();
   }
   if (!process.env.DATABASE_URL) console.error("bench: DATABASE_URL is not set; project-postgres is left out of this run");
 
@@ -368,7 +367,7 @@ async function main(): Promise<void> {
   };
   // Unfiltered runs are the record (full-*.json and latest-*.json are committed); filtered runs
   // and experiments go to results/scratch/ (ignored by git).
-  const filtered = args.has("--only") || args.has("--servers") || args.has("--reps") || Boolean(process.env.BENCH_PROJECT_ENV || process.env.BENCH_NO_PAD || process.env.BENCH_PROFILE);
+  const filtered = args.has("--only") || args.has("--servers") || args.has("--reps") || Boolean(process.env.BENCH_PROJECT_ENV || process.env.BENCH_NO_PAD || process.env.BENCH_PROFILE || process.env.BENCH_BINARY);
   const dir = path.join(ROOT, "bench/results", filtered ? "scratch" : "");
   mkdirSync(dir, { recursive: true });
   const stamp = started.toISOString().replace(/[:.]/g, "-");

@@ -66,7 +66,7 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       cmd = process.env.BENCH_PROFILE
         ? ["bun", process.env.BENCH_PROFILE_FORMAT === "cpuprofile" ? "--cpu-prof" : "--cpu-prof-md", `--cpu-prof-interval=${process.env.BENCH_PROFILE_INTERVAL_US ?? 100}`, `--cpu-prof-dir=${process.env.BENCH_PROFILE}`, path.join(ROOT, "src/main.ts"), "serve"]
         : // BENCH_FROM_SOURCE=1: the sources without the profiler (to tell a bundling effect from a code one)
-          process.env.BENCH_FROM_SOURCE ? ["bun", path.join(ROOT, "src/main.ts"), "serve"] : [path.join(ROOT, "dist/daarion-city"), "serve"];
+          process.env.BENCH_FROM_SOURCE ? ["bun", path.join(ROOT, "src/main.ts"), "serve"] : [projectBinary(), "serve"];
       break;
     }
   }
@@ -81,6 +81,21 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       for (const c of cleanups) await c();
     },
   };
+}
+
+/**
+ * The binary the project runs as: `dist/daarion-city`, or BENCH_BINARY (another build, e.g. of an
+ * older commit or an experiment, to compare two in interleaved runs; the benches then skip their build).
+ */
+export function projectBinary(): string {
+  return process.env.BENCH_BINARY ?? path.join(ROOT, "dist/daarion-city");
+}
+
+/** Builds `dist/daarion-city` with the package's build script, unless BENCH_BINARY names another. @throws Error when the build fails */
+export function buildProject(): void {
+  if (process.env.BENCH_BINARY) return;
+  const build = Bun.spawnSync(["bun", "run", "build"], { cwd: ROOT, stdout: "ignore", stderr: "inherit" });
+  if (build.exitCode !== 0) throw new Error("bench: bun run build failed");
 }
 
 /** A process that reported where it listens. */
