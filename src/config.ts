@@ -221,7 +221,7 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     env: "DATABASE_URL", key: "databaseUrl", type: "postgres URL", doc: "PostgreSQL for rooms, messages, feed and Second Me. Unset: embedded SQLite in DATA_DIR.",
     parse: optionalUrl(["postgres:", "postgresql:"]),
   },
-  { env: "DATABASE_POOL_MAX", key: "databasePoolMax", type: "integer 1..200", fallback: "10", doc: "PostgreSQL connections per process for reads and other writes; message appends have one more of their own (pipelined there in call order).", parse: int(1, 200) },
+  { env: "DATABASE_POOL_MAX", key: "databasePoolMax", type: "integer 1..200", fallback: "10", doc: "PostgreSQL connections per process.", parse: int(1, 200) },
   {
     env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL or NORMAL", fallback: "FULL",
     doc: "Embedded store durability: FULL fsyncs each commit, NORMAL survives a process crash but not a power cut.",

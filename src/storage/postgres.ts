@@ -1,10 +1,7 @@
 /**
  * PostgresStore: the production store (SPEC "Engines"), PostgreSQL through postgres.js. Several
  * instances may share one database: migrations take a transaction-scoped advisory lock, and every
- * write is one statement (atomic, one round trip). Message appends have a connection of their own
- * beside the pool (DATABASE_POOL_MAX + 1 connections in all), on which they are pipelined in call
- * order: a room's next batch is sent while the last one commits, and PostgreSQL runs it right
- * after, without waiting for the answer to travel back to the event loop first.
+ * write is one statement (atomic, one round trip).
  */
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
@@ -25,16 +22,9 @@ const isoOrNull = (v: Ts | null): string | null => (v === null ? null : iso(v));
 
 export class PostgresStore implements Store {
   readonly engine = "postgres" as const;
-  /**
-   * Appends go over one connection of their own (the append lane): pipelined there, they run one
-   * after the other in the order they were called, so the writer may send a room's next batch
-   * before the last is answered. (On the pool two appends in flight would run on two connections
-   * and could take the room's row lock in either order.)
-   */
-  readonly appendsInOrder = true;
+  /** Two appends in flight run on two pooled connections and may take the room's lock in either order. */
+  readonly appendsInOrder = false;
   private readonly sql: Sql;
-  /** One connection for appends: queries issued while one runs are pipelined on it, in call order. */
-  private readonly lane: Sql;
   private readonly migrations: Migration[];
   private closed = false;
 
@@ -45,7 +35,6 @@ export class PostgresStore implements Store {
       connect_timeout: 5,
       connection: { application_name: "daarion-city" },
     });
-    this.lane = postgres(opts.url, { max: 1, onnotice: () => {}, connect_timeout: 5, connection: { application_name: "daarion-city appends" } });
     this.migrations = opts.migrations ?? POSTGRES_MIGRATIONS;
   }
 
@@ -114,7 +103,7 @@ export class PostgresStore implements Store {
     const n = batch.length;
     // One statement, so one round trip and atomic: the update takes the room's row lock (a
     // concurrent writer on another instance waits for our commit) and numbers the batch.
-    const rows = await this.lane<{ first: string }[]>`
+    const rows = await this.sql<{ first: string }[]>`
       with s as (
         update city_rooms set last_seq = last_seq + ${n} where id = ${roomId} returning last_seq - ${n} as base
       ), m as (
@@ -337,7 +326,7 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([this.sql.end({ timeout: 5 }), this.lane.end({ timeout: 5 })]);
+    await this.sql.end({ timeout: 5 });
   }
 }
 

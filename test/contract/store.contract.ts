@@ -333,34 +333,6 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
       expect((await store.messageCountsSince(new Date(clock + 10_000).toISOString())).get(a.id)).toBeUndefined();
     });
 
-    test("a room's appends in flight together are numbered in call order, a refused one in the middle taking no seq (appendsInOrder)", async () => {
-      // What lets the message writer send a room's next batch before the last is answered: every
-      // store here claims it (SQLite: one writer thread; PostgreSQL: one append connection).
-      expect(store.appendsInOrder).toBe(true);
-      const rooms = [await newRoom(), await newRoom(), await newRoom()].map((r) => r.id);
-      const dup = message(rooms[0]!, "twice");
-      // 60 appends over three rooms, none awaited before the next is called; one bad batch among them.
-      const calls = Array.from({ length: 60 }, (_, i) => {
-        const r = rooms[i % 3]!;
-        const batch = i === 30 ? [dup, dup] : Array.from({ length: 1 + (i % 3) }, (_, j) => message(r, `o${i}.${j}`));
-        const first = store.appendMessages(r, writes(batch));
-        first.catch(() => {});
-        return { room: r, first };
-      });
-      const firsts = await Promise.all(calls.map((c) => c.first.catch(() => null)));
-      expect(firsts.map((f, i) => (f === null ? i : -1)).filter((i) => i >= 0)).toEqual([30]);
-      for (const id of rooms) {
-        const mine = firsts.filter((f, i) => calls[i]!.room === id && f !== null) as number[];
-        expect(mine[0]).toBe(1);
-        expect(mine).toEqual([...mine].sort((x, y) => x - y));
-        // every seq once, no gap, in call order
-        const stored = await store.listMessages(id, { limit: 200 });
-        expect(stored.map((m) => m.seq)).toEqual(Array.from({ length: stored.length }, (_, k) => k + 1));
-        const order = stored.map((m) => Number(m.body.slice(1).split(".")[0]));
-        expect(order).toEqual([...order].sort((x, y) => x - y));
-      }
-    });
-
     describe("living map log", () => {
       const lmEvent = (i: number, extra: Partial<LivingMapEventWrite> = {}): LivingMapEventWrite => ({
         id: crypto.randomUUID(), timestamp: new Date(Date.UTC(2026, 0, 2, 0, 0, i)).toISOString(), event_type: `node.metrics.n${i}`,

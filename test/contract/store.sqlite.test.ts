@@ -1,11 +1,11 @@
+import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { SQLITE_MIGRATIONS } from "../../src/storage/migrations.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
-import { expect, test } from "bun:test";
-import { storeContract } from "./store.contract.ts";
+import { message, room, storeContract, writes } from "./store.contract.ts";
 
 storeContract("sqlite", {
   database: async () => {
@@ -24,6 +24,46 @@ storeContract("sqlite", {
       drop: async () => rmSync(dir, { recursive: true, force: true }),
     };
   },
+});
+
+// SQLite only: its one writer thread takes requests in order, which is what lets the message
+// writer send a room's next batch before the last is answered (Store.appendsInOrder). PostgreSQL
+// does not claim it: two in-flight appends run on two pooled connections.
+describe("SqliteStore: appends in call order", () => {
+  const dir = mkdtempSync(path.join(tmpdir(), "dc-store-order-"));
+  const store = new SqliteStore({ file: path.join(dir, "city.sqlite") });
+  afterAll(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("a room's appends in flight together are numbered in call order, a refused one in the middle taking no seq", async () => {
+    await store.migrate();
+    expect(store.appendsInOrder).toBe(true);
+    const rooms = ["a", "b", "c"].map((s) => `room_city_order_${s}`);
+    for (const id of rooms) await store.createRoom(room(id.slice(10)), { messages: [], events: [] });
+    const dup = message(rooms[0]!, "twice");
+    // 60 appends over three rooms, none awaited before the next is called; one bad batch among them.
+    const calls = Array.from({ length: 60 }, (_, i) => {
+      const r = rooms[i % 3]!;
+      const batch = i === 30 ? [dup, dup] : Array.from({ length: 1 + (i % 3) }, (_, j) => message(r, `o${i}.${j}`));
+      const first = store.appendMessages(r, writes(batch));
+      first.catch(() => {});
+      return { room: r, first };
+    });
+    const firsts = await Promise.all(calls.map((c) => c.first.catch(() => null)));
+    expect(firsts.map((f, i) => (f === null ? i : -1)).filter((i) => i >= 0)).toEqual([30]);
+    for (const id of rooms) {
+      const mine = firsts.filter((f, i) => calls[i]!.room === id && f !== null) as number[];
+      expect(mine[0]).toBe(1);
+      expect(mine).toEqual([...mine].sort((x, y) => x - y));
+      // every seq once, no gap, in call order
+      const stored = await store.listMessages(id, { limit: 200 });
+      expect(stored.map((m) => m.seq)).toEqual(Array.from({ length: stored.length }, (_, k) => k + 1));
+      const order = stored.map((m) => Number(m.body.slice(1).split(".")[0]));
+      expect(order).toEqual([...order].sort((x, y) => x - y));
+    }
+  });
 });
 
 test("SqliteStore: opening a file another process has locked waits for the lock instead of failing", async () => {

@@ -5,9 +5,9 @@
  * while those are in flight new messages queue and go together in the next. The store numbers each
  * batch with the room's seq in the committing transaction. Answers are read, and batches published,
  * in the order they were sent. More than one batch in flight needs a store that applies appends in
- * call order (`Store.appendsInOrder`: SQLite's one writer thread, PostgreSQL's append connection);
- * elsewhere the depth is 1 (two in-flight batches on two pooled connections could take the room's
- * lock the other way round and number a sender's second message before its first).
+ * call order (`Store.appendsInOrder`: SQLite's one writer thread); on PostgreSQL two in-flight
+ * batches could take the room's lock the other way round and number a sender's second message
+ * before its first, so there the depth is 1.
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
