@@ -28,15 +28,26 @@ export function renderTable(meta: any, summaries: Summary[]): string {
   lines.push(`Run ${meta.date} · \`${meta.command}\` · ${meta.duration_s} s`);
   lines.push(`Machine: ${meta.machine.cpus} × ${meta.machine.cpu_model}, ${meta.machine.memory_gib} GiB, Linux ${meta.machine.kernel}, Bun ${meta.machine.bun}, Node ${meta.machine.node}. Clients and server share the cores.`);
   lines.push("");
-  lines.push("p50, p99 and echo are over every delivery of every rep together; `p99 per rep` shows how much one rep moves on this machine.");
+  lines.push("p50, p99 and echo are over every delivery of every rep together; `p99 per rep` shows each rep's own, and `median × raw` compares the medians of the reps' p99s (a rep the machine stalled, which moves every server's p99 at once, moves it least).");
   lines.push("");
-  lines.push("| scenario | server | deliveries/s | × raw | p50 ms | p99 ms | p99 × raw | p99 per rep ms | max ms | echo p50 / p99 ms | lost | late | closed | server CPU s | peak RSS MiB |");
-  lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  lines.push("| scenario | server | deliveries/s | × raw | p50 ms | p99 ms | p99 × raw | p99 per rep ms | median × raw | max ms | echo p50 / p99 ms | lost | late | closed | server CPU s | peak RSS MiB |");
+  lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   const fanout = summaries.filter((s) => s.rss_per_socket_kb === undefined);
+  const round2 = (x: number) => Math.round(x * 100) / 100;
+  const medianOf = (xs: (number | null)[] | undefined) => {
+    const v = (xs ?? []).filter((x): x is number => x !== null).sort((a, b) => a - b);
+    if (!v.length) return null;
+    const m = v.length >> 1;
+    return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+  };
   for (const s of fanout) {
     const perRep = s.p99_reps_ms ? s.p99_reps_ms.map((x) => fmt(x === null ? null : Math.round(x * 10) / 10)).join(" / ") : "–";
+    const raw = fanout.find((r) => r.scenario === s.scenario && r.server === "raw-bun");
+    const mine = medianOf(s.p99_reps_ms);
+    const theirs = medianOf(raw?.p99_reps_ms);
+    const medianRatio = mine !== null && theirs ? round2(mine / theirs) : null;
     lines.push(
-      `| ${s.title} | ${s.server} | ${fmt(s.deliveries_per_s)} | ${fmt(s.ratio_to_raw.deliveries_per_s)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.ratio_to_raw.p99_ms)} | ${perRep} | ${fmt(s.max_ms)} | ${fmt(s.echo_p50_ms)} / ${fmt(s.echo_p99_ms)} | ${s.lost} | ${s.late ?? 0} | ${s.closed} | ${fmt(s.server_cpu_s)} | ${fmt(s.peak_rss_mb)} |`,
+      `| ${s.title} | ${s.server} | ${fmt(s.deliveries_per_s)} | ${fmt(s.ratio_to_raw.deliveries_per_s)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.ratio_to_raw.p99_ms)} | ${perRep} | ${fmt(medianRatio)} | ${fmt(s.max_ms)} | ${fmt(s.echo_p50_ms)} / ${fmt(s.echo_p99_ms)} | ${s.lost} | ${s.late ?? 0} | ${s.closed} | ${fmt(s.server_cpu_s)} | ${fmt(s.peak_rss_mb)} |`,
     );
   }
   const staged = fanout.filter((s) => s.stage_p99_ms);

@@ -237,6 +237,8 @@ export interface Summary {
   p99_ms: number | null;
   /** Each rep's own p99, in run order, ms. */
   p99_reps_ms?: (number | null)[];
+  /** The median of the reps' p99s, ms: what one rep stalled by the machine (every server's p99 ×5–20 at once) moves least. */
+  p99_rep_median_ms?: number | null;
   max_ms: number | null;
   echo_p50_ms: number | null;
   echo_p99_ms: number | null;
@@ -252,6 +254,14 @@ export interface Summary {
   stage_p99_ms?: Record<string, number | null>;
   loop_delay_p99_ms?: number | null;
   ratio_to_raw: Record<string, number | null>;
+}
+
+/** The median of the numbers among `xs` (the mean of the middle two for an even count); null when none. */
+export function median(xs: (number | null | undefined)[]): number | null {
+  const v = xs.filter((x): x is number => typeof x === "number").sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
 function mean(xs: (number | null | undefined)[]): number | null {
@@ -277,7 +287,7 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       deliveries_per_s: Math.round(mean(rs.map((r) => r.deliveries_per_s)) ?? 0),
       p50_ms: hist ? quantileMs(hist, 0.5) : null,
       p99_ms: hist ? quantileMs(hist, 0.99) : null,
-      ...(hist ? { p99_reps_ms: rs.map((r) => r.p99_ms) } : {}),
+      ...(hist ? { p99_reps_ms: rs.map((r) => r.p99_ms), p99_rep_median_ms: median(rs.map((r) => r.p99_ms)) } : {}),
       max_ms: nullableRound(Math.max(...rs.map((r) => r.max_ms ?? 0)), 2),
       echo_p50_ms: echo ? quantileMs(echo, 0.5) : null,
       echo_p99_ms: echo ? quantileMs(echo, 0.99) : null,
@@ -307,6 +317,7 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
         ? { rss_per_socket_kb: ratio(o.rss_per_socket_kb, raw?.rss_per_socket_kb), connections_per_s: ratio(o.connections_per_s, raw?.connections_per_s) }
         : {
             deliveries_per_s: ratio(o.deliveries_per_s, raw?.deliveries_per_s), p50_ms: ratio(o.p50_ms, raw?.p50_ms), p99_ms: ratio(o.p99_ms, raw?.p99_ms),
+            p99_rep_median_ms: ratio(o.p99_rep_median_ms, raw?.p99_rep_median_ms),
             echo_p99_ms: ratio(o.echo_p99_ms, raw?.echo_p99_ms), server_cpu_s: ratio(o.server_cpu_s, raw?.server_cpu_s),
           };
   }
