@@ -4,6 +4,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import { median } from "./load/hist.ts";
 import type { Summary } from "./run.ts";
 
 const README = path.join(import.meta.dir, "README.md");
@@ -34,17 +35,11 @@ export function renderTable(meta: any, summaries: Summary[]): string {
   lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
   const fanout = summaries.filter((s) => s.rss_per_socket_kb === undefined);
   const round2 = (x: number) => Math.round(x * 100) / 100;
-  const medianOf = (xs: (number | null)[] | undefined) => {
-    const v = (xs ?? []).filter((x): x is number => x !== null).sort((a, b) => a - b);
-    if (!v.length) return null;
-    const m = v.length >> 1;
-    return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-  };
   for (const s of fanout) {
     const perRep = s.p99_reps_ms ? s.p99_reps_ms.map((x) => fmt(x === null ? null : Math.round(x * 10) / 10)).join(" / ") : "–";
     const raw = fanout.find((r) => r.scenario === s.scenario && r.server === "raw-bun");
-    const mine = medianOf(s.p99_reps_ms);
-    const theirs = medianOf(raw?.p99_reps_ms);
+    const mine = median(s.p99_reps_ms ?? []);
+    const theirs = median(raw?.p99_reps_ms ?? []);
     const medianRatio = mine !== null && theirs ? round2(mine / theirs) : null;
     lines.push(
       `| ${s.title} | ${s.server} | ${fmt(s.deliveries_per_s)} | ${fmt(s.ratio_to_raw.deliveries_per_s)} | ${fmt(s.p50_ms)} | ${fmt(s.p99_ms)} | ${fmt(s.ratio_to_raw.p99_ms)} | ${perRep} | ${fmt(medianRatio)} | ${fmt(s.max_ms)} | ${fmt(s.echo_p50_ms)} / ${fmt(s.echo_p99_ms)} | ${s.lost} | ${s.late ?? 0} | ${s.closed} | ${fmt(s.server_cpu_s)} | ${fmt(s.peak_rss_mb)} |`,

@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
-import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
+import { median, merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, buildProject, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
@@ -254,14 +254,6 @@ export interface Summary {
   stage_p99_ms?: Record<string, number | null>;
   loop_delay_p99_ms?: number | null;
   ratio_to_raw: Record<string, number | null>;
-}
-
-/** The median of the numbers among `xs` (the mean of the middle two for an even count); null when none. */
-export function median(xs: (number | null | undefined)[]): number | null {
-  const v = xs.filter((x): x is number => typeof x === "number").sort((a, b) => a - b);
-  if (v.length === 0) return null;
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
 }
 
 function mean(xs: (number | null | undefined)[]): number | null {

@@ -48,6 +48,14 @@ export function merge(a: HistogramData | null, b: HistogramData): HistogramData 
   return a;
 }
 
+/** The median of the numbers among `xs` (the mean of the middle two for an even count); null when none. */
+export function median(xs: (number | null | undefined)[]): number | null {
+  const v = xs.filter((x): x is number => typeof x === "number").sort((a, b) => a - b);
+  if (v.length === 0) return null;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
+}
+
 /** The latency (ms) below which fraction `q` of samples fall (bucket upper edge, ≤ max). */
 export function quantileMs(h: HistogramData, q: number): number | null {
   if (h.total === 0) return null;

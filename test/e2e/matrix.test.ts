@@ -26,7 +26,7 @@ const LEASE_MS = 1500;
 /**
  * The other pair's lease: nothing there depends on a takeover, so a stall of the loaded machine
  * must not cause one (under the full parallel suite with a 1.5 s lease the loop once published
- * nothing for 5 s: a lost lease restarts it on the other binary).
+ * nothing for 5 s; a lost lease, which restarts the loop on the other binary, is the likely cause).
  */
 const STEADY_LEASE_MS = 10_000;
 const THROTTLE_MS = 500;

@@ -202,7 +202,7 @@ export class PresenceService {
    * updated before memberships are reported), not as it was after that one join: a connect storm
    * that takes a room from 0 to 1,000 users in one flush announces none of them, where counting
    * join by join announced the first 200 to every socket already in (two frames each, 40,000
-   * frames per 100 sockets: 60% of the server's time in a 10,000-socket storm). A leave counts
+   * frames per 100 sockets: 60% of the main thread's samples in a 10,000-socket storm). A leave counts
    * the room as it was before it (the last users to leave a large room are announced).
    */
   private announce(m: Membership, kind: "join" | "leave"): void {
