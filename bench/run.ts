@@ -12,7 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
-import { median, merge, quantileMs, type HistogramData } from "./load/hist.ts";
+import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, buildProject, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
@@ -235,10 +235,8 @@ export interface Summary {
   /** Quantiles of every delivery of every rep together (pooled), ms. */
   p50_ms: number | null;
   p99_ms: number | null;
-  /** Each rep's own p99, in run order, ms. */
+  /** Each rep's own p99, in run order, ms (the table compares their medians: a rep the machine stalled moves that least). */
   p99_reps_ms?: (number | null)[];
-  /** The median of the reps' p99s, ms: what one rep stalled by the machine (every server's p99 ×5–20 at once) moves least. */
-  p99_rep_median_ms?: number | null;
   max_ms: number | null;
   echo_p50_ms: number | null;
   echo_p99_ms: number | null;
@@ -279,7 +277,7 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
       deliveries_per_s: Math.round(mean(rs.map((r) => r.deliveries_per_s)) ?? 0),
       p50_ms: hist ? quantileMs(hist, 0.5) : null,
       p99_ms: hist ? quantileMs(hist, 0.99) : null,
-      ...(hist ? { p99_reps_ms: rs.map((r) => r.p99_ms), p99_rep_median_ms: median(rs.map((r) => r.p99_ms)) } : {}),
+      ...(hist ? { p99_reps_ms: rs.map((r) => r.p99_ms) } : {}),
       max_ms: nullableRound(Math.max(...rs.map((r) => r.max_ms ?? 0)), 2),
       echo_p50_ms: echo ? quantileMs(echo, 0.5) : null,
       echo_p99_ms: echo ? quantileMs(echo, 0.99) : null,
@@ -309,7 +307,6 @@ function summarise(s: Scenario, runs: RunResult[]): Summary[] {
         ? { rss_per_socket_kb: ratio(o.rss_per_socket_kb, raw?.rss_per_socket_kb), connections_per_s: ratio(o.connections_per_s, raw?.connections_per_s) }
         : {
             deliveries_per_s: ratio(o.deliveries_per_s, raw?.deliveries_per_s), p50_ms: ratio(o.p50_ms, raw?.p50_ms), p99_ms: ratio(o.p99_ms, raw?.p99_ms),
-            p99_rep_median_ms: ratio(o.p99_rep_median_ms, raw?.p99_rep_median_ms),
             echo_p99_ms: ratio(o.echo_p99_ms, raw?.echo_p99_ms), server_cpu_s: ratio(o.server_cpu_s, raw?.server_cpu_s),
           };
   }

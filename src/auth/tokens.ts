@@ -93,11 +93,6 @@ export class TokenVerifier {
    *   lifetime) or not-yet-valid token, a wrong issuer/audience, or a `sub` that is not a user id
    */
   async verify(token: string): Promise<Principal> {
-    return this.verifySync(token);
-  }
-
-  /** {@link verify} without the promise (a cached token costs a map lookup). @throws as {@link verify} */
-  verifySync(token: string): Principal {
     const now = (this.opts.clock ?? systemClock).now();
     const hit = this.cache.get(token);
     if (hit) {
@@ -144,15 +139,10 @@ export class TokenVerifier {
    * @throws AppError `unauthorized` when a header is present but is not a valid bearer token
    */
   async fromAuthorization(header: string | null | undefined): Promise<Principal | null> {
-    return this.fromAuthorizationSync(header);
-  }
-
-  /** {@link fromAuthorization} without the promise. @throws as {@link fromAuthorization} */
-  fromAuthorizationSync(header: string | null | undefined): Principal | null {
     if (header === null || header === undefined || header === "") return null;
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
     if (!m) throw new AppError("unauthorized", "Authorization must be 'Bearer <token>'");
-    return this.verifySync(m[1]!);
+    return this.verify(m[1]!);
   }
 }
 
