@@ -16,6 +16,10 @@ import { waitFor } from "../helpers/city.ts";
 import { chromiumPath, engineUrl, randomSuffix } from "../helpers/engines.ts";
 
 const SUITE = "the page in Chromium";
+// A real browser on 2 shared cores: one signed-in page takes 1-2 s to render and open its sockets,
+// and these tests open up to three. At bun's default 5 s a slow minute timed a test out, and the
+// runner then killed Chromium under the tests after it (2026-12-02: 4.4 to 6.6 s each, alone).
+const BROWSER_TEST_MS = 30_000;
 const browserPath = chromiumPath(SUITE);
 const nats = engineUrl("NATS_URL", SUITE);
 const SHOTS = process.env.UPDATE_SCREENSHOTS === "1" ? path.join(import.meta.dir, "../../docs/screenshots") : path.join(tmpdir(), `dc-shots-${randomSuffix()}`);
@@ -95,7 +99,7 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     }
     await alice.screenshot({ path: path.join(SHOTS, "chat.png") });
     expect(outside).toEqual([]);
-  });
+  }, BROWSER_TEST_MS);
 
   test("the online count of a room changes on another page when a third person joins, and again when they leave", async () => {
     // In a room of their own (science), so the other tests' pages do not count.
@@ -115,7 +119,7 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     await frank.close();
     await waitFor(() => online(dave, "science"), (n) => n === 2, 5000);
     expect(outside).toEqual([]);
-  });
+  }, BROWSER_TEST_MS);
 
   test("the map moves when the simulator publishes", async () => {
     const alice = await signIn("u_mapper");
@@ -135,7 +139,7 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     await alice.waitForTimeout(300); // one more animation frame with the flashes on
     await alice.screenshot({ path: path.join(SHOTS, "city.png") });
     expect(outside).toEqual([]);
-  });
+  }, BROWSER_TEST_MS);
 
   test("/swagger renders every route from the binary's own files, with the network beyond the server cut off", async () => {
     const page = await open("/swagger");
@@ -143,5 +147,5 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     expect(await page.locator(".swagger-ui .opblock").count()).toBeGreaterThan(15);
     await page.screenshot({ path: path.join(SHOTS, "swagger.png") });
     expect(outside).toEqual([]);
-  });
+  }, BROWSER_TEST_MS);
 });
