@@ -8,7 +8,7 @@ import type { App } from "./app.ts";
 import type { Config } from "./config.ts";
 import { AppError, CLOSE } from "./engine/errors.ts";
 import type { Hub } from "./engine/hub.ts";
-import type { SocketData, SocketRoute } from "./engine/sockets.ts";
+import { queryOf, type SocketData, type SocketRoute } from "./engine/sockets.ts";
 import type { Logger } from "./log.ts";
 import { errorResponse } from "./plugins/errors.ts";
 import type { webRoutes } from "./web/routes.ts";
@@ -41,23 +41,44 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
   const byName = new Map(o.routes.map((r) => [r.name, r]));
   const routeOf = (ws: ServerWebSocket<SocketData>) => byName.get(ws.data.route)!;
 
-  const upgrade = async (req: Request, server: Server<SocketData>, route: SocketRoute<SocketData>, params: Record<string, string>) => {
+  const notAnUpgrade = () =>
+    new Response(JSON.stringify({ error: { code: "validation_failed", message: "this path takes WebSocket upgrades" } }), {
+      status: 426,
+      headers: { "content-type": "application/json", upgrade: "websocket" },
+    });
+  const isUpgrade = (req: Request) => req.headers.get("upgrade")?.toLowerCase() === "websocket";
+  /** A refused upgrade: a plain request to a socket path hears 426 first, whatever else is wrong with it. */
+  const refused = (req: Request, route: SocketRoute<SocketData>, err: unknown): Response => {
+    if (!isUpgrade(req)) return notAnUpgrade();
+    if (err instanceof AppError) return errorResponse(err);
+    log.error("ws: upgrade failed", { route: route.name, err });
+    return errorResponse(new AppError("internal", "internal error"));
+  };
+  const finish = (req: Request, server: Server<SocketData>, data: SocketData): Response | undefined => {
+    if (server.upgrade(req, { data })) return undefined;
+    return isUpgrade(req) ? errorResponse(new AppError("validation_failed", "WebSocket upgrade failed")) : notAnUpgrade();
+  };
+
+  /**
+   * Upgrades in the same call when the route decides synchronously (the usual connect: no promise,
+   * no deferred response, no URL or Headers object built, as a bare Bun.serve does); otherwise once
+   * its promise settles. Routes' checks have no side effects, so a plain request (not an upgrade)
+   * is told 426 after them: the headers are read only on that path.
+   */
+  const upgrade = (req: Request, server: Server<SocketData>, route: SocketRoute<SocketData>, params: Record<string, string>): Response | undefined | Promise<Response | undefined> => {
     if (o.isShuttingDown()) return errorResponse(new AppError("shutting_down", "server is shutting down; reconnect to another instance"));
-    if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-      return new Response(JSON.stringify({ error: { code: "validation_failed", message: "this path takes WebSocket upgrades" } }), {
-        status: 426,
-        headers: { "content-type": "application/json", upgrade: "websocket" },
-      });
-    }
+    let prepared: SocketData | Promise<SocketData>;
     try {
-      const data = await route.prepare(req, new URL(req.url), params);
-      if (server.upgrade(req, { data })) return undefined;
-      return errorResponse(new AppError("validation_failed", "WebSocket upgrade failed"));
+      prepared = route.prepare(req, queryOf(req.url), params);
     } catch (err) {
-      if (err instanceof AppError) return errorResponse(err);
-      log.error("ws: upgrade failed", { route: route.name, err });
-      return errorResponse(new AppError("internal", "internal error"));
+      return refused(req, route, err);
     }
+    if (!(prepared instanceof Promise)) return finish(req, server, prepared);
+    return prepared.then(
+      // Shutdown may have begun while the route asked the store.
+      (data) => (o.isShuttingDown() ? errorResponse(new AppError("shutting_down", "server is shutting down; reconnect to another instance")) : finish(req, server, data)),
+      (err) => refused(req, route, err),
+    );
   };
 
   /** A route handler threw: logged, and the socket closed with 1011 (never the process). */
@@ -97,6 +118,19 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
     return new Request(req.url, { method: req.method, headers: req.headers, body: Buffer.concat(chunks) });
   };
 
+  /** Every request that is not a socket upgrade: the body limit, then the Elysia app. */
+  const http = async (req: Request, pathStart: number): Promise<Response> => {
+    const declared = req.headers.get("content-length");
+    if (declared !== null) {
+      if (Number(declared) > config.httpMaxBodyBytes) return tooLarge();
+    } else if (req.body && req.method !== "GET" && req.method !== "HEAD") {
+      const buffered = await boundedBody(req);
+      if (!buffered) return tooLarge();
+      req = buffered;
+    }
+    return app.handle(elysiaSafe(req, pathStart));
+  };
+
   return Bun.serve<SocketData>({
     hostname: config.host,
     port: o.port ?? config.port,
@@ -107,7 +141,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
     // checked before a byte is read, a chunked body is read up to the limit. Bun's own cap sits
     // far above so it never answers first with a bare 413.
     maxRequestBodySize: 1 << 30,
-    async fetch(req, server) {
+    fetch(req, server) {
       const url = req.url;
       const start = url.indexOf("/", url.indexOf("//") + 2);
       const path = pathOf(url);
@@ -115,15 +149,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
         const params = route.match(path);
         if (params) return upgrade(req, server, route, params);
       }
-      const declared = req.headers.get("content-length");
-      if (declared !== null) {
-        if (Number(declared) > config.httpMaxBodyBytes) return tooLarge();
-      } else if (req.body && req.method !== "GET" && req.method !== "HEAD") {
-        const buffered = await boundedBody(req);
-        if (!buffered) return tooLarge();
-        req = buffered;
-      }
-      return app.handle(elysiaSafe(req, start));
+      return http(req, start);
     },
     error(err) {
       log.error("http: unhandled error", { err });

@@ -5,7 +5,7 @@
  * then dispatches every socket event to the route that opened the socket.
  */
 import type { ServerWebSocket } from "bun";
-import type { TokenVerifier } from "../auth/tokens.ts";
+import type { Principal, TokenVerifier } from "../auth/tokens.ts";
 import { AppError, CLOSE } from "./errors.ts";
 import { decodeFrame, encodeAuthRefreshed, encodeError, type ClientFrame } from "./protocol.ts";
 
@@ -24,11 +24,14 @@ export interface SocketRoute<D extends SocketData> {
   /** Path parameters when `pathname` is this route's, else `null`. */
   match(pathname: string): Record<string, string> | null;
   /**
-   * Checks the upgrade request.
-   * @returns the socket's data
-   * @throws AppError (mapped to an HTTP error response, no upgrade)
+   * Checks the upgrade request. Returns the data itself when it can decide without waiting (a
+   * token verifies synchronously, a known room, a seq cursor): the server then upgrades in the
+   * same call, as a bare `Bun.serve` does, without a promise and a deferred response per
+   * connection. A promise only when it must ask the store (an unknown room, a message-id cursor).
+   * @returns the socket's data, or a promise of it
+   * @throws AppError (mapped to an HTTP error response, no upgrade), thrown or as the rejection
    */
-  prepare(req: Request, url: URL, params: Record<string, string>): Promise<D>;
+  prepare(req: Request, query: QueryParams, params: Record<string, string>): D | Promise<D>;
   open(ws: ServerWebSocket<D>): void;
   message(ws: ServerWebSocket<D>, raw: string | Buffer): void;
   close(ws: ServerWebSocket<D>, code: number, reason: string): void;
@@ -41,9 +44,51 @@ export function frameTooLarge(raw: string | Buffer, limit: number): boolean {
   return Buffer.byteLength(raw, "utf8") > limit;
 }
 
-/** Reads the bearer token of an upgrade: `?token=` (browsers cannot set headers) or `Authorization`. */
-export function upgradeToken(req: Request, url: URL): { query: string | null; header: string | null } {
-  return { query: url.searchParams.get("token"), header: req.headers.get("authorization") };
+/** The query parameters of an upgrade request: what `URLSearchParams` answers `get` with. */
+export interface QueryParams {
+  /** The first value of `name`, decoded; `null` when absent. */
+  get(name: string): string | null;
+}
+
+/**
+ * The query of a request URL, read in place without building a `URL`: a fresh server runs its
+ * first few hundred connects in the interpreter, where every operation on the connect path costs
+ * (bench/README.md "Connections"). A value with `%` or `+` (anything to decode) is read by
+ * `URLSearchParams`, so every answer is the same as `new URL(url).searchParams.get(name)`.
+ * @param url an absolute request URL (`req.url`)
+ */
+export function queryOf(url: string): QueryParams {
+  return { get: (name) => queryParam(url, name) };
+}
+
+function queryParam(url: string, name: string): string | null {
+  const q = url.indexOf("?");
+  if (q < 0) return null;
+  let end = url.indexOf("#", q);
+  if (end < 0) end = url.length;
+  // the first `name=` (or a bare `name`) that starts a pair
+  for (let at = q; at < end; ) {
+    const from = at + 1;
+    let next = url.indexOf("&", from);
+    if (next < 0 || next > end) next = end;
+    const pair = url.slice(from, next);
+    if (pair.includes("%") || pair.includes("+")) return new URLSearchParams(url.slice(q + 1, end)).get(name);
+    if (pair === name) return "";
+    if (pair.length > name.length && pair.startsWith(name) && pair.charCodeAt(name.length) === 61 /* = */) return pair.slice(name.length + 1);
+    at = next;
+  }
+  return null;
+}
+
+/**
+ * Who an upgrade speaks for: the bearer token of `?token=` (browsers cannot set headers on a
+ * WebSocket), else of the `Authorization` header (read only then).
+ * @returns the principal, or `null` for an anonymous upgrade (neither given)
+ * @throws AppError `unauthorized` for a token that does not verify
+ */
+export function upgradePrincipal(req: Request, query: QueryParams, verifier: TokenVerifier): Principal | null {
+  const token = query.get("token");
+  return token ? verifier.verify(token) : verifier.fromAuthorization(req.headers.get("authorization"));
 }
 
 /**
@@ -70,14 +115,14 @@ export function readFrame(ws: ServerWebSocket<unknown>, raw: string | Buffer, ma
  * the old one's `exp`, answered by `{event:"auth.refreshed", expires_at}` (ISO time the new token
  * stops being honoured). The new token must name the same user; a refused token gets an `error`
  * frame and changes nothing. An anonymous socket cannot become a user's this way (reconnect).
- * @returns a promise that settles once the frame is answered (errors go to the socket, never thrown)
+ * Answers in the same call; errors go to the socket, never thrown.
  */
-export async function refreshSocketToken(ws: ServerWebSocket<SocketData>, frame: ClientFrame, verifier: TokenVerifier): Promise<void> {
+export function refreshSocketToken(ws: ServerWebSocket<SocketData>, frame: ClientFrame, verifier: TokenVerifier): void {
   const d = ws.data;
   try {
     if (typeof frame.token !== "string" || frame.token === "") throw new AppError("validation_failed", "auth.refresh needs a string `token`");
     if (!d.userId) throw new AppError("unauthorized", "this socket is anonymous; reconnect with ?token= to act as a user");
-    const p = await verifier.verify(frame.token);
+    const p = verifier.verify(frame.token);
     if (p.userId !== d.userId) throw new AppError("unauthorized", `the new token is for ${p.userId}; this socket speaks for ${d.userId}`);
     d.expiresAt = p.expiresAt;
     if (ws.readyState === 1) ws.send(encodeAuthRefreshed(p.expiresAt));

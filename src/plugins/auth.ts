@@ -9,8 +9,8 @@ import { AppError } from "../engine/errors.ts";
 
 /** @example app.use(authPlugin(verifier)).post("/x", ({ principal }) => requireUser(principal)) */
 export function authPlugin(verifier: TokenVerifier) {
-  return new Elysia({ name: "auth" }).resolve({ as: "global" }, async ({ headers }) => ({
-    principal: await verifier.fromAuthorization(headers.authorization),
+  return new Elysia({ name: "auth" }).resolve({ as: "global" }, ({ headers }) => ({
+    principal: verifier.fromAuthorization(headers.authorization),
   }));
 }
 

@@ -262,6 +262,9 @@ for (const variant of variants) {
       expect(await refusedUpgrade(`${base}/ws/city/rooms/${GENERAL}`, { authorization: `Bearer ${forged}` })).toMatchObject({ status: 401 });
       const plain = await fetch(`${base}/ws/city/rooms/${GENERAL}`);
       expect(plain.status).toBe(426);
+      // a plain request hears 426 first, whatever else is wrong with it (decided without the store, or after it)
+      expect((await fetch(`${base}/ws/city/rooms/${GENERAL}?token=${forged}`)).status).toBe(426);
+      expect((await fetch(`${base}/ws/city/rooms/room_city_nope`)).status).toBe(426);
       // a header token works as well as ?token=
       const viaHeader = await TestSocket.open(city.wsUrl(`/ws/city/rooms/${GENERAL}`), { authorization: `Bearer ${bob}` });
       sockets.push(viaHeader);

@@ -8,12 +8,22 @@ import { ManualClock } from "../../src/clock.ts";
 
 const SECRET = "k".repeat(40);
 
+/** What `fn` throws (verification is synchronous); fails the test when it returns. */
+function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (err) {
+    return err;
+  }
+  throw new Error("expected a throw");
+}
+
 describe("tokens", () => {
   test("a signed token verifies to its subject", async () => {
     const v = await TokenVerifier.create({ secret: SECRET });
-    expect(await v.verify(await signToken(SECRET, "u_alice", 60))).toMatchObject({ userId: "u_alice" });
-    expect(await v.fromAuthorization(`Bearer ${await signToken(SECRET, "u_bob", 60)}`)).toMatchObject({ userId: "u_bob" });
-    expect(await v.fromAuthorization(undefined)).toBeNull();
+    expect(v.verify(await signToken(SECRET, "u_alice", 60))).toMatchObject({ userId: "u_alice" });
+    expect(v.fromAuthorization(`Bearer ${await signToken(SECRET, "u_bob", 60)}`)).toMatchObject({ userId: "u_bob" });
+    expect(v.fromAuthorization(undefined)).toBeNull();
   });
 
   test("forged, expired, wrong-secret, non-user and alg=none tokens are unauthorized", async () => {
@@ -27,27 +37,30 @@ describe("tokens", () => {
       `${btoa(JSON.stringify({ alg: "none" })).replace(/=/g, "")}.${btoa(JSON.stringify({ sub: "u_alice" })).replace(/=/g, "")}.`,
       "garbage",
     ];
-    for (const t of bad) await expect(v.verify(t)).rejects.toMatchObject({ code: "unauthorized", status: 401 });
-    await expect(v.verify(bad[1]!)).rejects.toThrow("token expired");
-    await expect(v.fromAuthorization("Token abc")).rejects.toMatchObject({ code: "unauthorized" });
+    for (const t of bad) expect(thrown(() => v.verify(t))).toMatchObject({ code: "unauthorized", status: 401 });
+    expect(() => v.verify(bad[1]!)).toThrow("token expired");
+    expect(thrown(() => v.fromAuthorization("Token abc"))).toMatchObject({ code: "unauthorized" });
   });
 
   test("issuer and audience are enforced when configured", async () => {
     const v = await TokenVerifier.create({ secret: SECRET, issuer: "daarion", audience: "city" });
-    expect(await v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toMatchObject({ userId: "u_a" });
-    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" }))).rejects.toThrow("claim rejected");
-    await expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "elsewhere" }))).rejects.toThrow("claim rejected");
-    await expect(v.verify(await signToken(SECRET, "u_a", 60))).rejects.toMatchObject({ code: "unauthorized" });
+    expect(v.verify(await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "city" }))).toMatchObject({ userId: "u_a" });
+    const otherIssuer = await signToken(SECRET, "u_a", 60, { issuer: "other", audience: "city" });
+    expect(() => v.verify(otherIssuer)).toThrow("claim rejected");
+    const otherAudience = await signToken(SECRET, "u_a", 60, { issuer: "daarion", audience: "elsewhere" });
+    expect(() => v.verify(otherAudience)).toThrow("claim rejected");
+    const neither = await signToken(SECRET, "u_a", 60);
+    expect(thrown(() => v.verify(neither))).toMatchObject({ code: "unauthorized" });
   });
 
   test("RS256 tokens verify with JWT_PUBLIC_KEY, next to HS256", async () => {
     const { publicKey, privateKey } = await generateKeyPair("RS256");
     const v = await TokenVerifier.create({ secret: SECRET, publicKeyPem: await exportSPKI(publicKey) });
     const rs = await new SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("u_ext").setExpirationTime("1h").sign(privateKey);
-    expect(await v.verify(rs)).toMatchObject({ userId: "u_ext" });
-    expect(await v.verify(await signToken(SECRET, "u_local", 60))).toMatchObject({ userId: "u_local" });
+    expect(v.verify(rs)).toMatchObject({ userId: "u_ext" });
+    expect(v.verify(await signToken(SECRET, "u_local", 60))).toMatchObject({ userId: "u_local" });
     const hsOnly = await TokenVerifier.create({ secret: SECRET });
-    await expect(hsOnly.verify(rs)).rejects.toMatchObject({ code: "unauthorized" });
+    expect(thrown(() => hsOnly.verify(rs))).toMatchObject({ code: "unauthorized" });
   });
 
   test("time claims follow the verifier's clock: nbf in the future is refused until it comes (5 s tolerance); a non-numeric exp is refused", async () => {
@@ -56,13 +69,13 @@ describe("tokens", () => {
     const key = new TextEncoder().encode(SECRET);
     const nbf = Math.floor(clock.now() / 1000) + 60;
     const later = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_later").setNotBefore(nbf).setExpirationTime(nbf + 600).sign(key);
-    await expect(v.verify(later)).rejects.toThrow("nbf");
+    expect(() => v.verify(later)).toThrow("nbf");
     clock.advance(60_000 - 6_000);
-    await expect(v.verify(later)).rejects.toMatchObject({ code: "unauthorized" });
+    expect(thrown(() => v.verify(later))).toMatchObject({ code: "unauthorized" });
     clock.advance(2_000); // within the tolerance now
-    expect(await v.verify(later)).toMatchObject({ userId: "u_later" });
+    expect(v.verify(later)).toMatchObject({ userId: "u_later" });
     const odd = await new SignJWT({ exp: "tomorrow" } as any).setProtectedHeader({ alg: "HS256" }).setSubject("u_odd").sign(key);
-    await expect(v.verify(odd)).rejects.toMatchObject({ code: "unauthorized", message: expect.stringContaining("exp") });
+    expect(thrown(() => v.verify(odd))).toMatchObject({ code: "unauthorized", message: expect.stringContaining("exp") });
   });
 
   test("an RS256 token from another key, or an HS256 token signed with the public key's text, is refused", async () => {
@@ -71,9 +84,9 @@ describe("tokens", () => {
     const pem = await exportSPKI(publicKey);
     const v = await TokenVerifier.create({ secret: SECRET, publicKeyPem: pem });
     const forged = await new SignJWT({}).setProtectedHeader({ alg: "RS256" }).setSubject("u_ext").setExpirationTime("1h").sign(other.privateKey);
-    await expect(v.verify(forged)).rejects.toThrow("invalid token");
+    expect(() => v.verify(forged)).toThrow("invalid token");
     const confused = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_ext").setExpirationTime("1h").sign(new TextEncoder().encode(pem));
-    await expect(v.verify(confused)).rejects.toThrow("invalid token");
+    expect(() => v.verify(confused)).toThrow("invalid token");
     await expect(TokenVerifier.create({ secret: SECRET, publicKeyPem: "not a key" })).rejects.toThrow("JWT_PUBLIC_KEY");
   });
 
@@ -104,11 +117,11 @@ describe("token cache", () => {
     const clock = new ManualClock(Date.now());
     const v = await TokenVerifier.create({ secret: SECRET, clock });
     const t = await signToken(SECRET, "u_short", 10);
-    expect(await v.verify(t)).toMatchObject({ userId: "u_short" });
+    expect(v.verify(t)).toMatchObject({ userId: "u_short" });
     clock.advance(9_000);
-    expect(await v.verify(t)).toMatchObject({ userId: "u_short" }); // from the cache
+    expect(v.verify(t)).toMatchObject({ userId: "u_short" }); // from the cache
     clock.advance(7_000);
-    await expect(v.verify(t)).rejects.toThrow("token expired");
+    expect(() => v.verify(t)).toThrow("token expired");
   });
 });
 
@@ -118,10 +131,10 @@ describe("token lifetime", () => {
     const v = await TokenVerifier.create({ secret: SECRET, clock, maxTtlSeconds: 3600 });
     const short = await signToken(SECRET, "u_a", 60);
     const { exp } = JSON.parse(atob(short.split(".")[1]!)) as { exp: number };
-    expect((await v.verify(short)).expiresAt).toBe(exp * 1000 + 5000);
+    expect((v.verify(short)).expiresAt).toBe(exp * 1000 + 5000);
     const long = await signToken(SECRET, "u_a", 7 * 24 * 3600);
     const { iat } = JSON.parse(atob(long.split(".")[1]!)) as { iat: number };
-    expect((await v.verify(long)).expiresAt).toBe(iat * 1000 + 3600_000);
+    expect((v.verify(long)).expiresAt).toBe(iat * 1000 + 3600_000);
   });
 
   test("a token without exp is honoured for the maximum lifetime only, from its iat or else its first use", async () => {
@@ -130,11 +143,11 @@ describe("token lifetime", () => {
     const key = new TextEncoder().encode(SECRET);
     const noExp = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_forever").setIssuedAt(Math.floor(clock.now() / 1000)).sign(key);
     const bare = await new SignJWT({}).setProtectedHeader({ alg: "HS256" }).setSubject("u_bare").sign(key);
-    expect((await v.verify(noExp)).expiresAt).toBe(Math.floor(clock.now() / 1000) * 1000 + 60_000);
+    expect((v.verify(noExp)).expiresAt).toBe(Math.floor(clock.now() / 1000) * 1000 + 60_000);
     const first = clock.now();
-    expect((await v.verify(bare)).expiresAt).toBe(first + 60_000);
+    expect((v.verify(bare)).expiresAt).toBe(first + 60_000);
     clock.advance(61_000);
-    await expect(v.verify(noExp)).rejects.toThrow("maximum token lifetime");
-    await expect(v.verify(bare)).rejects.toThrow("maximum token lifetime");
+    expect(() => v.verify(noExp)).toThrow("maximum token lifetime");
+    expect(() => v.verify(bare)).toThrow("maximum token lifetime");
   });
 });

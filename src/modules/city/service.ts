@@ -207,6 +207,11 @@ export class CityService {
     return { room, messages, members_online: this.o.occupancy.count(roomId) };
   }
 
+  /** True when the room is known to exist without asking the store (rooms are never deleted). */
+  knowsRoom(roomId: string): boolean {
+    return this.knownRooms.has(roomId);
+  }
+
   /** @throws AppError `room_not_found` when the room does not exist */
   async requireRoom(roomId: string): Promise<void> {
     if (this.knownRooms.has(roomId)) return;
@@ -244,7 +249,8 @@ export class CityService {
    * @throws AppError `invalid_cursor` for anything else, or an id the room does not have
    */
   async resolveCursor(roomId: string, cursor: string, name: "before" | "since"): Promise<number> {
-    if (/^\d{1,15}$/.test(cursor)) return Number(cursor);
+    const asSeq = seqCursor(cursor);
+    if (asSeq !== null) return asSeq;
     if (!isId("message", cursor)) throw new AppError("invalid_cursor", `${name} must be a message seq or id (m_city_<ULID>)`);
     const seq = await this.o.store.messageSeq(roomId, cursor);
     if (seq === null) throw new AppError("invalid_cursor", `${name}: room ${roomId} has no message ${cursor}`);
@@ -331,4 +337,9 @@ function checkMatrixMapping(input: MatrixMappingInput, isAdmin: boolean): Matrix
 
 function notFound(roomId: string): AppError {
   return new AppError("room_not_found", `room ${roomId} does not exist`);
+}
+
+/** A cursor that is a seq (`"41"`, up to 15 digits) as a number; `null` for anything else (a message id, or invalid). */
+export function seqCursor(cursor: string): number | null {
+  return /^\d{1,15}$/.test(cursor) ? Number(cursor) : null;
 }

@@ -21,11 +21,11 @@ import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { PresenceTracker } from "../../engine/presence/presence.ts";
 import { encodeError, encodeRoomMessage, encodeRoomTyping, type ClientFrame } from "../../engine/protocol.ts";
-import { readFrame, refreshSocketToken, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { readFrame, refreshSocketToken, upgradePrincipal, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { RoomStreams } from "../../engine/streams.ts";
 import { ROOM_ID_RE } from "../../ids.ts";
 import type { Logger } from "../../log.ts";
-import type { CityService } from "./service.ts";
+import { seqCursor, type CityService } from "./service.ts";
 
 export interface RoomSocketData extends SocketData {
   route: "room";
@@ -109,7 +109,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
 
   const onFrame = (ws: RoomSocket, f: ClientFrame, readAt: number) => {
     const d = ws.data;
-    if (f.event === "auth.refresh") return void refreshSocketToken(ws, f, o.verifier);
+    if (f.event === "auth.refresh") return refreshSocketToken(ws, f, o.verifier);
     if (f.room_id !== undefined && f.room_id !== d.roomId) {
       sendError(ws, "room_mismatch", `this socket is for ${d.roomId}; connect to /ws/city/rooms/${String(f.room_id)} for that room`);
       return;
@@ -152,23 +152,28 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
     match(pathname) {
       const m = PATH.exec(pathname);
       if (!m) return null;
+      if (!m[1]!.includes("%")) return { room_id: m[1]! };
       try {
         return { room_id: decodeURIComponent(m[1]!) };
       } catch {
         return { room_id: m[1]! }; // malformed percent-encoding: no such room
       }
     },
-    async prepare(req, url, params) {
+    prepare(req, query, params) {
       const roomId = params.room_id!;
-      const t = upgradeToken(req, url);
-      const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
+      const principal = upgradePrincipal(req, query, o.verifier);
       if (!ROOM_ID_RE.test(roomId)) throw new AppError("room_not_found", `room ${roomId} does not exist`);
-      await o.city.requireRoom(roomId);
-      const raw = url.searchParams.get("since");
-      const since = raw === null ? null : await o.city.resolveCursor(roomId, raw, "since");
-      return {
+      const raw = query.get("since");
+      const data = (since: number | null): RoomSocketData => ({
         route: "room", roomId, userId: principal?.userId ?? null, expiresAt: principal?.expiresAt ?? null, since, joined: false, typingAnnouncedAt: 0,
-      };
+      });
+      // The usual connect (a known room, no cursor or a seq) is decided here, without the store.
+      const seq = raw === null ? null : seqCursor(raw);
+      if (o.city.knowsRoom(roomId) && (raw === null || seq !== null)) return data(seq);
+      return (async () => {
+        await o.city.requireRoom(roomId);
+        return data(raw === null ? null : await o.city.resolveCursor(roomId, raw, "since"));
+      })();
     },
     open(ws) {
       enter(ws, ws.data.since);

@@ -14,7 +14,7 @@ import type { ServerWebSocket } from "bun";
 import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import { encodeError } from "../../engine/protocol.ts";
-import { readFrame, refreshSocketToken, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { readFrame, refreshSocketToken, upgradePrincipal, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { Logger } from "../../log.ts";
 import type { LivingMapService } from "./service.ts";
 
@@ -42,16 +42,19 @@ export function livingMapSocketRoute(o: LivingMapSocketOptions): SocketRoute<Liv
   return {
     name: "living-map",
     match: (pathname) => (PATH.test(pathname) ? {} : null),
-    async prepare(req, url) {
-      const t = upgradeToken(req, url);
-      const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
+    prepare(req, query) {
+      const principal = upgradePrincipal(req, query, o.verifier);
       if (!principal && !o.isPublic) throw new AppError("unauthorized", "the living map stream needs a token (?token=… or Authorization)");
       if (principal && (perUser.get(principal.userId) ?? 0) >= o.socketsPerUser) {
         throw new AppError("rate_limited", `at most ${o.socketsPerUser} living map streams per user; close one first`, 1);
       }
-      const since = url.searchParams.get("since");
-      if (since !== null && !(await o.map.knows(since))) throw new AppError("invalid_cursor", `since: no event ${since} on this map (too old, or never seen)`);
-      return { route: "living-map", userId: principal?.userId ?? null, expiresAt: principal?.expiresAt ?? null, since, counted: false };
+      const since = query.get("since");
+      const data: LivingMapSocketData = { route: "living-map", userId: principal?.userId ?? null, expiresAt: principal?.expiresAt ?? null, since, counted: false };
+      if (since === null) return data;
+      return o.map.knows(since).then((known) => {
+        if (!known) throw new AppError("invalid_cursor", `since: no event ${since} on this map (too old, or never seen)`);
+        return data;
+      });
     },
     open(ws) {
       const d = ws.data;
@@ -70,7 +73,7 @@ export function livingMapSocketRoute(o: LivingMapSocketOptions): SocketRoute<Liv
     message(ws, raw) {
       const frame = readFrame(ws, raw, o.maxFrameBytes);
       if (!frame) return;
-      if (frame.event === "auth.refresh") return void refreshSocketToken(ws, frame, o.verifier);
+      if (frame.event === "auth.refresh") return refreshSocketToken(ws, frame, o.verifier);
       ws.send(encodeError("unknown_event", `unknown event "${frame.event}"; the stream only takes auth.refresh`));
     },
     close(ws) {

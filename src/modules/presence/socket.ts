@@ -14,7 +14,7 @@ import type { TokenVerifier } from "../../auth/tokens.ts";
 import { AppError, CLOSE } from "../../engine/errors.ts";
 import type { PresenceTracker } from "../../engine/presence/presence.ts";
 import { encodeError, PRESENCE_COUNTS_TOPIC, PRESENCE_USERS_TOPIC } from "../../engine/protocol.ts";
-import { readFrame, refreshSocketToken, upgradeToken, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
+import { readFrame, refreshSocketToken, upgradePrincipal, type SocketData, type SocketRoute } from "../../engine/sockets.ts";
 import type { Logger } from "../../log.ts";
 import type { PresenceService } from "./service.ts";
 
@@ -53,11 +53,10 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
   return {
     name: "presence",
     match: (pathname) => (PATH.test(pathname) ? {} : null),
-    async prepare(req, url) {
-      const t = upgradeToken(req, url);
-      const principal = t.query ? await o.verifier.verify(t.query) : await o.verifier.fromAuthorization(t.header);
+    prepare(req, query) {
+      const principal = upgradePrincipal(req, query, o.verifier);
       if (!principal) throw new AppError("unauthorized", "the presence socket needs a token (?token=… or Authorization)");
-      const events = url.searchParams.get("events") ?? "all";
+      const events = query.get("events") ?? "all";
       if (events !== "all" && events !== "counts") throw new AppError("validation_failed", "events must be all (default) or counts");
       const beat = JSON.stringify({ event: "presence.heartbeat", user_id: principal.userId });
       return { route: "presence", userId: principal.userId, expiresAt: principal.expiresAt, updates: events === "all", beat };
@@ -87,7 +86,7 @@ export function presenceSocketRoute(o: PresenceSocketOptions): SocketRoute<Prese
       if (raw === ws.data.beat || raw === BARE_BEAT) return beat(ws);
       const frame = readFrame(ws, raw, o.maxFrameBytes);
       if (!frame) return;
-      if (frame.event === "auth.refresh") return void refreshSocketToken(ws, frame, o.verifier);
+      if (frame.event === "auth.refresh") return refreshSocketToken(ws, frame, o.verifier);
       if (frame.event !== "presence.heartbeat") {
         return sendError(ws, "unknown_event", `unknown event "${frame.event}"; expected presence.heartbeat or auth.refresh`);
       }
