@@ -11,21 +11,81 @@ export interface MemoryPresenceOptions {
   typingTtlMs: number;
 }
 
+/**
+ * key → expiry (ms), kept in expiry order so that a sweep finds what is due in O(due), not by
+ * walking every entry (at 10,000 users that walk held the event loop 1.4–3.8 ms each second).
+ * A write moves its key to the end; with one lifetime per map and a clock that does not go back,
+ * the insertion order is the expiry order. An expiry earlier than the last one written (another
+ * tracker's clock sharing this manager, a clock set back) marks the map unordered, and its sweeps
+ * walk it all from then on, as they always did.
+ */
+class ExpiryMap<K> {
+  private readonly m = new Map<K, number>();
+  private last = -Infinity;
+  private ordered = true;
+
+  get size(): number {
+    return this.m.size;
+  }
+  get(k: K): number | undefined {
+    return this.m.get(k);
+  }
+  has(k: K): boolean {
+    return this.m.has(k);
+  }
+  delete(k: K): boolean {
+    return this.m.delete(k);
+  }
+  keys(): IterableIterator<K> {
+    return this.m.keys();
+  }
+  [Symbol.iterator](): IterableIterator<[K, number]> {
+    return this.m[Symbol.iterator]();
+  }
+  /** Sets `k` to expire at `until` (ms). */
+  set(k: K, until: number): void {
+    this.m.delete(k);
+    this.m.set(k, until);
+    if (until < this.last) this.ordered = false;
+    else this.last = until;
+  }
+  /**
+   * Removes and returns up to `limit` keys due at `now` (expiry ≤ now).
+   * @returns the keys, and `more` when the limit left some due
+   */
+  takeDue(now: number, limit: number): { keys: K[]; more: boolean } {
+    const keys: K[] = [];
+    for (const [k, until] of this.m) {
+      if (until > now) {
+        if (this.ordered) break;
+        continue;
+      }
+      if (keys.length >= limit) return { keys: this.removed(keys), more: true };
+      keys.push(k);
+    }
+    return { keys: this.removed(keys), more: false };
+  }
+  private removed(keys: K[]): K[] {
+    for (const k of keys) this.m.delete(k);
+    return keys;
+  }
+}
+
 interface RoomState {
   /** user → instances holding (count). */
   holders: Map<string, number>;
   online: number;
   /** user → typing expiry (ms). */
-  typers: Map<string, number>;
+  typers: ExpiryMap<string>;
   version: number;
 }
 
 export class MemoryPresenceManager implements PresenceManager {
   readonly engine = "memory" as const;
   /** user → presence expiry (ms) */
-  private readonly online = new Map<string, number>();
+  private readonly online = new ExpiryMap<string>();
   /** "room\nuser\ninstance" → hold expiry (ms) */
-  private readonly holds = new Map<string, number>();
+  private readonly holds = new ExpiryMap<string>();
   /** user → rooms they hold (on any instance) */
   private readonly userRooms = new Map<string, Set<string>>();
   private readonly rooms = new Map<string, RoomState>();
@@ -69,39 +129,25 @@ export class MemoryPresenceManager implements PresenceManager {
 
   async expire(now: number, limit: number): Promise<PresenceChanges & { more: boolean }> {
     const w = new Write(this);
-    let more = false;
-    let n = 0;
-    for (const [u, until] of this.online) {
-      if (until > now) continue;
-      if (n++ >= limit) {
-        more = true;
-        break;
-      }
-      this.online.delete(u);
-      w.wentOffline(u);
-    }
-    n = 0;
-    for (const [k, until] of this.holds) {
-      if (until > now) continue;
-      if (n++ >= limit) {
-        more = true;
-        break;
-      }
-      this.holds.delete(k);
+    const users = this.online.takeDue(now, limit);
+    for (const u of users.keys) w.wentOffline(u);
+    const holds = this.holds.takeDue(now, limit);
+    for (const k of holds.keys) {
       const [roomId, userId] = k.split("\n") as [string, string];
       w.dropHold(roomId, userId);
     }
-    n = 0;
+    let more = users.more || holds.more;
+    let budget = limit;
+    // O(rooms) to look, O(due) to take: rooms are few next to users.
     for (const [roomId, r] of this.rooms) {
-      for (const [u, until] of r.typers) {
-        if (until > now) continue;
-        if (n++ >= limit) {
-          more = true;
-          break;
-        }
-        r.typers.delete(u);
-        w.touch(roomId);
+      if (budget <= 0) {
+        more ||= r.typers.size > 0 && (r.typers.takeDue(now, 0).more);
+        continue;
       }
+      const typers = r.typers.takeDue(now, budget);
+      budget -= typers.keys.length;
+      if (typers.keys.length) w.touch(roomId);
+      more ||= typers.more;
     }
     return { ...w.result(), more };
   }
@@ -135,7 +181,7 @@ export class MemoryPresenceManager implements PresenceManager {
   /** @internal */
   room(roomId: string): RoomState {
     let r = this.rooms.get(roomId);
-    if (!r) this.rooms.set(roomId, (r = { holders: new Map(), online: 0, typers: new Map(), version: 0 }));
+    if (!r) this.rooms.set(roomId, (r = { holders: new Map(), online: 0, typers: new ExpiryMap(), version: 0 }));
     return r;
   }
 
