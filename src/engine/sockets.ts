@@ -52,9 +52,10 @@ export interface QueryParams {
 
 /**
  * The query of a request URL, read in place without building a `URL`: a fresh server runs its
- * first few hundred connects in the interpreter, where every operation on the connect path costs
- * (bench/README.md "Connections"). A value with `%` or `+` (anything to decode) is read by
- * `URLSearchParams`, so every answer is the same as `new URL(url).searchParams.get(name)`.
+ * first thousands of connects in the interpreter and the baseline JIT, where every operation on
+ * the connect path costs (bench/README.md, "2026-12-02: a fresh server's connect path"). A value
+ * with `%` or `+` (anything to decode) is read by `URLSearchParams`, so every answer is the same
+ * as `new URL(url).searchParams.get(name)`.
  * @param url an absolute request URL (`req.url`)
  */
 export function queryOf(url: string): QueryParams {
