@@ -97,10 +97,16 @@ export interface CityInstance {
 
 /**
  * The store the configuration names: PostgreSQL with DATABASE_URL, else SQLite in DATA_DIR.
+ * @param log where SQLite says it moved its writes to the writer thread (SQLITE_WRITER=auto)
  * @throws Error when the store cannot be opened (a bad DATA_DIR, a malformed URL)
  */
-export async function openStore(config: Config): Promise<Store> {
-  if (!config.databaseUrl) return new SqliteStore({ file: path.join(config.dataDir, "city.sqlite"), synchronous: config.sqliteSynchronous });
+export async function openStore(config: Config, log?: Logger): Promise<Store> {
+  if (!config.databaseUrl) {
+    return new SqliteStore({
+      file: path.join(config.dataDir, "city.sqlite"), synchronous: config.sqliteSynchronous, writer: config.sqliteWriter,
+      onWriterMoved: (why) => log?.warn(`store: ${why}`),
+    });
+  }
   const { PostgresStore } = await import("./storage/postgres.ts");
   return new PostgresStore({ url: config.databaseUrl, poolMax: config.databasePoolMax });
 }
@@ -143,7 +149,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     // Start-up failures name the setting at fault (README "Exit codes").
     let rawStore: Store;
     try {
-      rawStore = opts.store ?? (await openStore(config));
+      rawStore = opts.store ?? (await openStore(config, log));
     } catch (err) {
       throw storeFailure(config, err);
     }
@@ -153,6 +159,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     });
     const store = guardStore(rawStore, log);
     if (applied.length) log.info("store: migrations applied", { engine: store.engine, versions: applied });
+    if (rawStore instanceof SqliteStore) log.info("store: sqlite commits", { writer: rawStore.writerMode, setting: config.sqliteWriter, synchronous: config.sqliteSynchronous });
 
     let secret: ReturnType<typeof resolveSecret>;
     try {

@@ -21,6 +21,7 @@ export interface Config {
   databasePoolMax: number;
   /** `FULL` fsyncs every commit (acknowledged = on disk); `NORMAL` survives process crashes only. */
   sqliteSynchronous: "FULL" | "NORMAL";
+  sqliteWriter: "auto" | "inline" | "thread";
   /** Slugs of the rooms created at start (seed 000 §8, seed 001). */
   defaultRooms: string[];
   /** HS256 secret; `null` means "use or create `jwt-secret` in dataDir". */
@@ -226,6 +227,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL or NORMAL", fallback: "FULL",
     doc: "Embedded store durability: FULL fsyncs each commit, NORMAL survives a process crash but not a power cut.",
     parse: oneOf(["FULL", "NORMAL"] as const),
+  },
+  {
+    env: "SQLITE_WRITER", key: "sqliteWriter", type: "auto, inline or thread", fallback: "auto",
+    doc: "Where the embedded store commits: inline on the event loop (a message is committed and published in the task that read it), or on a writer thread (a slow fsync never blocks the event loop). auto: inline while the disk's fsync is fast (a probe at start: median at most 0.5 ms), moving to the thread for good when an inline write takes over 10 ms.",
+    parse: oneOf(["auto", "inline", "thread"] as const),
   },
   {
     env: "CITY_DEFAULT_ROOMS", key: "defaultRooms", type: "comma-separated slugs", fallback: DEFAULT_ROOMS,

@@ -1,37 +1,40 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { SQLITE_MIGRATIONS } from "../../src/storage/migrations.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
 import { message, room, storeContract, writes } from "./store.contract.ts";
 
-storeContract("sqlite", {
-  database: async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), "dc-store-"));
-    const file = path.join(dir, "city.sqlite");
-    return {
-      open: async (o) => new SqliteStore({ file, migrations: o?.migrations === "before-seq" ? SQLITE_MIGRATIONS.filter((m) => m.version < "0003") : undefined }),
-      raw: async (sql) => {
-        const db = new Database(file);
-        try {
-          db.exec(sql);
-        } finally {
-          db.close();
-        }
-      },
-      drop: async () => rmSync(dir, { recursive: true, force: true }),
-    };
-  },
-});
+// Both places the embedded store can commit (SQLITE_WRITER): the writer thread and the event loop.
+for (const writer of ["thread", "inline"] as const) {
+  storeContract(`sqlite (${writer})`, {
+    database: async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), "dc-store-"));
+      const file = path.join(dir, "city.sqlite");
+      return {
+        open: async (o) => new SqliteStore({ file, writer, migrations: o?.migrations === "before-seq" ? SQLITE_MIGRATIONS.filter((m) => m.version < "0003") : undefined }),
+        raw: async (sql) => {
+          const db = new Database(file);
+          try {
+            db.exec(sql);
+          } finally {
+            db.close();
+          }
+        },
+        drop: async () => rmSync(dir, { recursive: true, force: true }),
+      };
+    },
+  });
+}
 
 // SQLite only: its one writer thread takes requests in order, which is what lets the message
 // writer send a room's next batch before the last is answered (Store.appendsInOrder). PostgreSQL
 // does not claim it: two in-flight appends run on two pooled connections.
 describe("SqliteStore: appends in call order", () => {
   const dir = mkdtempSync(path.join(tmpdir(), "dc-store-order-"));
-  const store = new SqliteStore({ file: path.join(dir, "city.sqlite") });
+  const store = new SqliteStore({ file: path.join(dir, "city.sqlite"), writer: "thread" });
   afterAll(async () => {
     await store.close();
     rmSync(dir, { recursive: true, force: true });
@@ -86,7 +89,7 @@ test("SqliteStore: opening a file another process has locked waits for the lock 
       if (done) throw new Error("the lock holder exited before locking");
       out += new TextDecoder().decode(value);
     }
-    store = new SqliteStore({ file });
+    store = new SqliteStore({ file, writer: "thread" });
     await store.migrate();
     await store.probeWrite();
     expect(await store.listRooms({ limit: 1, offset: 0 })).toEqual([]);
@@ -95,4 +98,51 @@ test("SqliteStore: opening a file another process has locked waits for the lock 
     await store?.close();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+describe("SqliteStore: SQLITE_WRITER=auto", () => {
+  const dirs: string[] = [];
+  const fresh = () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "dc-store-auto-"));
+    dirs.push(dir);
+    return path.join(dir, "city.sqlite");
+  };
+  afterAll(() => {
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  test("writes inline until one is slower than the limit, then on the writer thread for good, and nothing is lost or reordered", async () => {
+    const moved: string[] = [];
+    // Any disk counts as fast, and any write as slow: the first write moves the store.
+    const store = new SqliteStore({ file: fresh(), writer: "auto", fastFsyncMs: Infinity, inlineWriteMaxMs: 0, onWriterMoved: (why) => moved.push(why) });
+    try {
+      await store.migrate();
+      expect(store.writerMode).toBe("inline");
+      const r = "room_city_auto";
+      await store.createRoom(room("auto"), { messages: [], events: [] });
+      expect(store.writerMode).toBe("thread");
+      expect(moved).toHaveLength(1);
+      expect(moved[0]).toContain("createRoom");
+      // the thread's connection sees what the inline one committed, and numbers after it
+      const seqs = await Promise.all([1, 2, 3].map((i) => store.appendMessages(r, writes([message(r, `after ${i}`)]))));
+      expect(seqs).toEqual([1, 2, 3]);
+      expect((await store.listMessages(r, { limit: 10 })).map((m) => m.body)).toEqual(["after 1", "after 2", "after 3"]);
+      expect(moved).toHaveLength(1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test("a disk slower than the probe's limit starts on the thread; a fast one, or NORMAL, starts inline", async () => {
+    const slow = new SqliteStore({ file: fresh(), writer: "auto", fastFsyncMs: -1 });
+    const fast = new SqliteStore({ file: fresh(), writer: "auto", fastFsyncMs: Infinity });
+    const normal = new SqliteStore({ file: fresh(), writer: "auto", synchronous: "NORMAL", fastFsyncMs: -1 });
+    try {
+      expect([slow.writerMode, fast.writerMode, normal.writerMode]).toEqual(["thread", "inline", "inline"]);
+      // the probe leaves nothing behind in the database's directory
+      expect(readdirSync(dirs.at(-3)!).filter((f) => f.startsWith(".fsync-probe"))).toEqual([]);
+    } finally {
+      for (const s of [slow, fast, normal]) await s.close();
+    }
+  });
 });
