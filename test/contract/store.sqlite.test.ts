@@ -111,23 +111,53 @@ describe("SqliteStore: SQLITE_WRITER=auto", () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  test("writes inline until one is slower than the limit, then on the writer thread for good, and nothing is lost or reordered", async () => {
+  /** A write timer that makes the inline writes take `durations` ms, one after another (then 1 ms each). */
+  const scripted = (durations: number[]) => {
+    let t = 0;
+    let calls = 0;
+    return () => (calls++ % 2 === 0 ? t : (t += durations.shift() ?? 1));
+  };
+
+  test("writes inline until three in a row are slower than the limit, then on the writer thread for good, and nothing is lost or reordered", async () => {
     const moved: string[] = [];
-    // Any disk counts as fast, and any write as slow: the first write moves the store.
-    const store = new SqliteStore({ file: fresh(), writer: "auto", fastFsyncMs: Infinity, inlineWriteMaxMs: 0, onWriterMoved: (why) => moved.push(why) });
+    // Any disk counts as fast; the writes take what the script says (limit 10 ms).
+    const store = new SqliteStore({
+      file: fresh(), writer: "auto", fastFsyncMs: Infinity, inlineWriteMaxMs: 10, timeMs: scripted([50, 20, 1, 20, 20, 20]), onWriterMoved: (why) => moved.push(why),
+    });
     try {
       await store.migrate();
       expect(store.writerMode).toBe("inline");
       const r = "room_city_auto";
-      await store.createRoom(room("auto"), { messages: [], events: [] });
+      await store.createRoom(room("auto"), { messages: [], events: [] }); // 50 ms: one slow write (a preempted one) does not move it
+      const seqs = [];
+      for (let i = 1; i <= 4; i++) {
+        seqs.push(await store.appendMessages(r, writes([message(r, `inline ${i}`)]))); // 20, 1 (the run starts again), 20, 20
+        expect([i, store.writerMode]).toEqual([i, "inline"]);
+      }
+      expect(moved).toEqual([]);
+      seqs.push(await store.appendMessages(r, writes([message(r, "inline 5")]))); // the third 20 in a row
       expect(store.writerMode).toBe("thread");
       expect(moved).toHaveLength(1);
-      expect(moved[0]).toContain("createRoom");
+      expect(moved[0]).toContain("3 inline writes in a row");
       // the thread's connection sees what the inline one committed, and numbers after it
-      const seqs = await Promise.all([1, 2, 3].map((i) => store.appendMessages(r, writes([message(r, `after ${i}`)]))));
-      expect(seqs).toEqual([1, 2, 3]);
-      expect((await store.listMessages(r, { limit: 10 })).map((m) => m.body)).toEqual(["after 1", "after 2", "after 3"]);
+      seqs.push(...(await Promise.all([6, 7, 8].map((i) => store.appendMessages(r, writes([message(r, `thread ${i}`)]))))));
+      expect(seqs).toEqual([1, 2, 3, 4, 5, 6, 7, 8]);
+      expect((await store.listMessages(r, { limit: 20 })).map((m) => m.body)).toEqual([1, 2, 3, 4, 5].map((i) => `inline ${i}`).concat([6, 7, 8].map((i) => `thread ${i}`)));
       expect(moved).toHaveLength(1);
+    } finally {
+      await store.close();
+    }
+  });
+
+  test("one inline write ten times over the limit moves it at once", async () => {
+    const moved: string[] = [];
+    const store = new SqliteStore({ file: fresh(), writer: "auto", fastFsyncMs: Infinity, inlineWriteMaxMs: 10, timeMs: scripted([101]), onWriterMoved: (why) => moved.push(why) });
+    try {
+      await store.migrate();
+      await store.createRoom(room("auto"), { messages: [], events: [] });
+      expect(store.writerMode).toBe("thread");
+      expect(moved).toEqual([expect.stringContaining("over 100 ms")]);
+      expect(await store.appendMessages("room_city_auto", writes([message("room_city_auto", "after")]))).toBe(1);
     } finally {
       await store.close();
     }
