@@ -43,7 +43,12 @@ describe("living map upstreams", () => {
   beforeAll(async () => {
     city = await startTestCity({
       SPACE_SERVICE_URL: url(space), AGENTS_SERVICE_URL: url(agents), DAO_SERVICE_URL: url(dao), MICRODAO_SERVICE_URL: url(microdao),
-      LIVING_MAP_UPSTREAM_TIMEOUT_MS: "200", LIVING_MAP_REFRESH_MS: "1000", LIVING_MAP_BREAKER_OPEN_MS: "3000",
+      // The healthy space-service answers from this process's own event loop, which under a
+      // parallel CI run on two cores once took over 200 ms (a "timed out" space-service failed the
+      // first test); 2 s still times out the agents-service, which answers after 3 s. It also
+      // checks that each upstream refreshes on its own: when every round waited for the slowest,
+      // the agents-service's 2 s made the healthy one's data stale (its first test failed 3 of 3).
+      LIVING_MAP_UPSTREAM_TIMEOUT_MS: "2000", LIVING_MAP_REFRESH_MS: "1000", LIVING_MAP_BREAKER_OPEN_MS: "3000",
     });
     token = await city.token("u_upstreams");
   });

@@ -86,7 +86,8 @@ export class Upstreams {
   private readonly list: Upstream[];
   private readonly policies = new Map<SourceName, IPolicy>();
   private readonly state = new Map<SourceName, { fetchedAt: number | null; error?: string }>();
-  private refreshing: Promise<void> | null = null;
+  /** The fetch in flight of each upstream, by name. */
+  private readonly inFlight = new Map<string, Promise<void>>();
   /** Reads by configured source and outcome, for /metrics. */
   readonly stats = new Map<SourceName, { ok: number; failed: number }>();
 
@@ -162,12 +163,23 @@ export class Upstreams {
     }
   }
 
-  /** Fetches every configured upstream in parallel and updates the scene; concurrent calls share one round. */
+  /**
+   * Fetches every configured upstream in parallel and updates the scene. Each upstream has at most
+   * one fetch in flight, and a call starts a fetch for every upstream whose last one is done: a
+   * slow upstream (up to its timeout) never holds back the refresh of the healthy ones, whose data
+   * would otherwise age towards stale while every round waited for the slowest.
+   * @returns a promise that settles when the fetches in flight at the call have settled
+   */
   refresh(): Promise<void> {
-    this.refreshing ??= Promise.allSettled(this.list.filter((u) => u.base).map((u) => this.refreshOne(u))).then(() => {
-      this.refreshing = null;
+    const fetches = this.list.filter((u) => u.base).map((u) => {
+      let p = this.inFlight.get(u.name);
+      if (!p) {
+        p = this.refreshOne(u).finally(() => this.inFlight.delete(u.name));
+        this.inFlight.set(u.name, p);
+      }
+      return p;
     });
-    return this.refreshing;
+    return Promise.allSettled(fetches).then(() => {});
   }
 
   /** Re-marks sources whose data has aged past `staleAfterMs` (called before a snapshot is read). */
