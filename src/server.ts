@@ -46,6 +46,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
       status: 426,
       headers: { "content-type": "application/json", upgrade: "websocket" },
     });
+  const shuttingDown = () => errorResponse(new AppError("shutting_down", "server is shutting down; reconnect to another instance"));
   const isUpgrade = (req: Request) => req.headers.get("upgrade")?.toLowerCase() === "websocket";
   /** A refused upgrade: a plain request to a socket path hears 426 first, whatever else is wrong with it. */
   const refused = (req: Request, route: SocketRoute<SocketData>, err: unknown): Response => {
@@ -66,7 +67,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
    * is told 426 after them: the headers are read only on that path.
    */
   const upgrade = (req: Request, server: Server<SocketData>, route: SocketRoute<SocketData>, params: Record<string, string>): Response | undefined | Promise<Response | undefined> => {
-    if (o.isShuttingDown()) return errorResponse(new AppError("shutting_down", "server is shutting down; reconnect to another instance"));
+    if (o.isShuttingDown()) return shuttingDown();
     let prepared: SocketData | Promise<SocketData>;
     try {
       prepared = route.prepare(req, queryOf(req.url), params);
@@ -76,7 +77,7 @@ export function serveCity(o: ServeOptions): Server<SocketData> {
     if (!(prepared instanceof Promise)) return finish(req, server, prepared);
     return prepared.then(
       // Shutdown may have begun while the route asked the store.
-      (data) => (o.isShuttingDown() ? errorResponse(new AppError("shutting_down", "server is shutting down; reconnect to another instance")) : finish(req, server, data)),
+      (data) => (o.isShuttingDown() ? shuttingDown() : finish(req, server, data)),
       (err) => refused(req, route, err),
     );
   };

@@ -1,9 +1,10 @@
 /**
  * The SQLite writer thread: owns the one write connection of the embedded store, so commits (and
  * their fsyncs under `synchronous = FULL`) never stall the event loop that fans messages out.
- * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: <a SqliteWrites
- * method>, json: <its arguments as a JSON array> }` answered by `{ id, ok: true, result }` or `{ id, ok: false, error, code }`
- * (`code`: SQLite's, e.g. SQLITE_CONSTRAINT_UNIQUE, SQLITE_FULL); `{ id, op: "close" }` last.
+ * Protocol: `{ op: "open", file, synchronous }` once, then `{ id, op: <a SqliteWrites method>,
+ * json: <its arguments as a JSON array> }` answered by `{ id, ok: true, result }` or
+ * `{ id, ok: false, error, code }` (`code`: SQLite's, e.g. SQLITE_CONSTRAINT_UNIQUE, SQLITE_FULL);
+ * `{ id, op: "close" }` last.
  */
 import { Database } from "bun:sqlite";
 import { configureConnection, sqliteWrites, type SqliteWrites } from "./sqlite-writes.ts";

@@ -109,7 +109,7 @@ export class SqliteStore implements Store {
     else if (mode === "thread") this.writer = new WriterThread(opts.file, synchronous);
     else if (synchronous === "NORMAL" || fsyncIsFast(path.dirname(opts.file), opts.fastFsyncMs ?? FAST_FSYNC_MS)) {
       const startThread = () => new WriterThread(opts.file, synchronous);
-      this.writer = new AdaptiveWriter(sqliteWrites(this.db), startThread, opts.inlineWriteMaxMs ?? INLINE_WRITE_MAX_MS, opts.timeMs ?? (() => performance.now()), opts.onWriterMoved);
+      this.writer = new AdaptiveWriter(inline(sqliteWrites(this.db)), startThread, opts.inlineWriteMaxMs ?? INLINE_WRITE_MAX_MS, opts.timeMs ?? (() => performance.now()), opts.onWriterMoved);
     } else this.writer = new WriterThread(opts.file, synchronous);
   }
 
@@ -362,7 +362,8 @@ class AdaptiveWriter implements Writer {
   private slowInARow = 0;
 
   constructor(
-    private readonly writes: SqliteWrites,
+    /** Runs each write before it returns (see {@link inline}), which is what lets `run` time it. */
+    private readonly inline: Writer,
     private readonly startThread: () => WriterThread,
     private readonly maxMs: number,
     private readonly timeMs: () => number,
@@ -376,13 +377,9 @@ class AdaptiveWriter implements Writer {
   run<K extends SqliteWriteOp>(op: K, ...args: Parameters<SqliteWrites[K]>): Promise<ReturnType<SqliteWrites[K]>> {
     if (this.thread) return this.thread.run(op, ...args);
     const started = this.timeMs();
-    try {
-      return Promise.resolve((this.writes[op] as (...a: unknown[]) => ReturnType<SqliteWrites[K]>)(...args));
-    } catch (err) {
-      return Promise.reject(err);
-    } finally {
-      this.judge(op, this.timeMs() - started);
-    }
+    const done = this.inline.run(op, ...args);
+    this.judge(op, this.timeMs() - started);
+    return done;
   }
 
   private judge(op: string, ms: number): void {
