@@ -24,6 +24,8 @@ export class PostgresStore implements Store {
   readonly engine = "postgres" as const;
   /** Two appends in flight run on two pooled connections and may take the room's lock in either order. */
   readonly appendsInOrder = false;
+  /** Commits run on the PostgreSQL server; the loop only waits for the answer. */
+  readonly commitsOnCaller = false;
   private readonly sql: Sql;
   private readonly migrations: Migration[];
   private closed = false;

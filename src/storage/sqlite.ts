@@ -118,6 +118,11 @@ export class SqliteStore implements Store {
     return this.writer.mode;
   }
 
+  /** True while writes run inline (see {@link Store.commitsOnCaller}). */
+  get commitsOnCaller(): boolean {
+    return this.writer.mode === "inline";
+  }
+
   async migrate(): Promise<string[]> {
     const db = this.db;
     // BEGIN IMMEDIATE takes the write lock first, so a second process waits (busy_timeout) and

@@ -166,6 +166,13 @@ export interface Store {
    * (one writer, first in first out), so a room's next batch may be sent before the last is answered.
    */
   readonly appendsInOrder: boolean;
+  /**
+   * Whether an append commits synchronously on the calling thread, blocking the event loop for
+   * the commit and its fsync (SQLite's inline writer); may change while the store runs (an `auto`
+   * SQLite store moves to its writer thread). The message writer then gathers one loop turn's
+   * messages into each commit.
+   */
+  readonly commitsOnCaller: boolean;
 
   /** Applies pending migrations; safe to call twice and from two processes at once. Returns the versions it applied. */
   migrate(): Promise<string[]>;

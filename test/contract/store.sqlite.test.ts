@@ -126,7 +126,7 @@ describe("SqliteStore: SQLITE_WRITER=auto", () => {
     });
     try {
       await store.migrate();
-      expect(store.writerMode).toBe("inline");
+      expect([store.writerMode, store.commitsOnCaller]).toEqual(["inline", true]);
       const r = "room_city_auto";
       await store.createRoom(room("auto"), { messages: [], events: [] }); // 50 ms: one slow write (a preempted one) does not move it
       const seqs = [];
@@ -136,7 +136,7 @@ describe("SqliteStore: SQLITE_WRITER=auto", () => {
       }
       expect(moved).toEqual([]);
       seqs.push(await store.appendMessages(r, writes([message(r, "inline 5")]))); // the third 20 in a row
-      expect(store.writerMode).toBe("thread");
+      expect([store.writerMode, store.commitsOnCaller]).toEqual(["thread", false]);
       expect(moved).toHaveLength(1);
       expect(moved[0]).toContain("3 inline writes in a row");
       // the thread's connection sees what the inline one committed, and numbers after it

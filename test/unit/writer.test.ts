@@ -102,6 +102,28 @@ describe("MessageWriter", () => {
     expect((await b).seq).toBe(2);
   });
 
+  test("gathering a turn: the messages written in one turn of the loop go in one commit, the next turn's in the next", async () => {
+    const r = await newRoom();
+    const sizes = (gatherTurn: (() => boolean) | undefined) => {
+      const committed: Message[][] = [];
+      const w = new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), gatherTurn });
+      return { w, committed };
+    };
+    const turn = () => new Promise<void>((res) => setImmediate(res));
+    // Without it, the inline store commits the first message as it is written, alone.
+    const plain = sizes(undefined);
+    await Promise.all(["a", "b", "c"].map((b) => plain.w.write(draft(r, b))));
+    expect(plain.committed.map((b) => b.length)).toEqual([1, 2]);
+    const gathering = sizes(() => true);
+    const first = ["d", "e", "f", "g"].map((b) => gathering.w.write(draft(r, b)));
+    expect(gathering.committed).toEqual([]); // nothing committed inside the turn that wrote them
+    await turn();
+    const second = ["h", "i"].map((b) => gathering.w.write(draft(r, b)));
+    const all = await Promise.all([...first, ...second]);
+    expect(gathering.committed.map((b) => b.map((m) => m.body))).toEqual([["d", "e", "f", "g"], ["h", "i"]]);
+    expect(all.map((m) => m.seq)).toEqual([4, 5, 6, 7, 8, 9]);
+  });
+
   test("two writers on one store share a room's numbering", async () => {
     const r = await newRoom();
     const [a, b] = [writer([]), writer([])];

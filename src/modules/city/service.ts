@@ -102,6 +102,8 @@ export class CityService {
       stages: o.stages,
       // A sender's next message may go before its last is answered only where the store keeps call order.
       pipelineDepth: o.store.appendsInOrder ? 2 : 1,
+      // An append that commits on this thread blocks the loop for its fsync: one per turn, not per message.
+      gatherTurn: () => o.store.commitsOnCaller,
     });
   }
 

@@ -8,6 +8,11 @@
  * call order (`Store.appendsInOrder`: SQLite's one writer thread); on PostgreSQL two in-flight
  * batches could take the room's lock the other way round and number a sender's second message
  * before its first, so there the depth is 1.
+ *
+ * Where the store commits on the caller's thread (SQLite's inline writer, `Store.commitsOnCaller`),
+ * a commit blocks the event loop for its fsync, and taking each message as it is read would cost
+ * one fsync per message. There the writer gathers a turn: a room's batch is taken in the next
+ * `setImmediate`, after every frame the loop read in the same turn has queued behind it.
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
@@ -30,6 +35,12 @@ export interface MessageWriterOptions {
   pipelineDepth?: number;
   /** Stage times (`queue`, `commit`, `publish`, `total`) and batch sizes. */
   stages?: StageObserver;
+  /**
+   * Asked before a room's batch is taken: when it returns true the batch is taken one turn of the
+   * event loop later (`setImmediate`), so the messages read in the same turn commit together
+   * (default: never; the city service passes `Store.commitsOnCaller`).
+   */
+  gatherTurn?: () => boolean;
 }
 
 /** What a writer of a message says; `body` must already be validated and trimmed. */
@@ -101,6 +112,7 @@ export class MessageWriter {
     // publications made) strictly in the order the batches were sent.
     let chain: Promise<void> = Promise.resolve();
     let inFlight = 0;
+    let gathered = false;
     try {
       for (;;) {
         const q = this.queues.get(roomId);
@@ -109,6 +121,12 @@ export class MessageWriter {
           await new Promise<void>((r) => this.wakers.set(roomId, r));
           continue;
         }
+        if (!gathered && this.opts.gatherTurn?.()) {
+          gathered = true;
+          await new Promise<void>((r) => setImmediate(r));
+          continue;
+        }
+        gathered = false;
         const taken = q.splice(0, max);
         const stages = this.opts.stages;
         if (stages) {
