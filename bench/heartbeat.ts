@@ -18,6 +18,9 @@ import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { PresenceCommand } from "./load/presence-client.ts";
 import { ClientProc } from "./load/proc.ts";
 import { BENCH_SECRET, buildProject, cpuSeconds, ROOT, startServer, type RunningServer } from "./servers.ts";
+
+/** How often a probe user sends its first heartbeat, ms. */
+const PROBE_EVERY_MS = 20;
 import { writeSection } from "./render.ts";
 
 interface Scenario {
@@ -121,15 +124,19 @@ async function runOnce(s: Scenario, mode: Mode, rep: number, redisUrl: string, b
     const warmEnd = Date.now() + 30_000;
     while ((await online()) < s.sockets && Date.now() < warmEnd) await Bun.sleep(100);
     const probes = [];
-    const count = Math.floor(s.durationMs / 50) - 10;
+    // One probe every PROBE_EVERY_MS, ending 500 ms before the beating does: 225 per rep at 5 s,
+    // so the p99 is a p99 (with 90 probes, as before 2026-12-02, it was the slowest one).
+    const count = Math.floor((s.durationMs - 500) / PROBE_EVERY_MS);
     for (let i = 0; i < count; i++) probes.push({ id: `u_probe_${run}_${i}`, token: await token(`u_probe_${run}_${i}`) });
+    // The probes' sockets open before the window, so their connects are not measured.
+    await prober.call({ op: "probeOpen", baseWs, observerToken: await token(`u_observer_${run}`), probes });
     const flushes0 = await metric(server, "daarion_city_presence_flushes_total");
     const written0 = await metric(server, "daarion_city_presence_heartbeats_total");
     const failures0 = await metric(server, "daarion_city_presence_flush_failures_total");
     const cpu0 = cpuSeconds(server.pid);
     const redis0 = await redisCpu(redisUrl);
     const t0 = performance.now();
-    const probing = prober.call<{ hist: HistogramData; sent: number; seen: number }>({ op: "probe", baseWs, observerToken: await token(`u_observer_${run}`), probes, everyMs: 50 });
+    const probing = prober.call<{ hist: HistogramData; sent: number; seen: number }>({ op: "probe", everyMs: PROBE_EVERY_MS });
     const beats = await Promise.all(
       beaters.map((c) => c.call<{ sent: number; cpu_s: number; seconds: number }>({ op: "beat", durationMs: s.durationMs, intervalMs: s.intervalMs, framesPerWrite: s.framesPerWrite })),
     );

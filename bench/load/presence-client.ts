@@ -12,7 +12,10 @@ export type PresenceCommand =
   | { op: "beat"; durationMs: number; intervalMs: number; framesPerWrite?: number }
   /** One heartbeat from every socket (brings every user online before measuring). */
   | { op: "warm" }
-  | { op: "probe"; baseWs: string; observerToken: string; probes: { id: string; token: string }[]; everyMs: number }
+  /** Opens the observer and the probe users' sockets (before the measured window). */
+  | { op: "probeOpen"; baseWs: string; observerToken: string; probes: { id: string; token: string }[] }
+  /** Each opened probe sends its first heartbeat, one every `everyMs`; answers the histogram. */
+  | { op: "probe"; everyMs: number }
   | { op: "close" };
 
 const now = () => performance.timeOrigin + performance.now();
@@ -94,36 +97,41 @@ async function beat(cmd: Extract<PresenceCommand, { op: "beat" }>) {
   return { sent, cpu_s: (cpu.user + cpu.system) / 1e6, seconds: (performance.now() - t0) / 1000 };
 }
 
-/** First heartbeats of fresh users, one every `everyMs`, timed to the observer's presence.update. */
-async function probe(cmd: Extract<PresenceCommand, { op: "probe" }>) {
-  const hist = new Histogram();
-  const sentAt = new Map<string, number>();
-  let seen = 0;
-  const observer = await openOne(`${cmd.baseWs}/ws/city/presence?token=${cmd.observerToken}`, (data) => {
+/** The probe run: its observer, its users' sockets, and what the observer has timed so far. */
+const probing = { hist: new Histogram(), sentAt: new Map<string, number>(), seen: 0, observer: null as WebSocket | null, probes: [] as { ws: WebSocket; id: string }[] };
+
+/** Opens the observer (timing each probe's `presence.update` online) and the probes' sockets. */
+async function probeOpen(cmd: Extract<PresenceCommand, { op: "probeOpen" }>) {
+  probing.observer = await openOne(`${cmd.baseWs}/ws/city/presence?token=${cmd.observerToken}`, (data) => {
     if (!data.startsWith('{"event":"presence.update"')) return;
     const m = /"user_id":"([^"]+)","status":"online"/.exec(data);
-    const t = m && sentAt.get(m[1]!);
+    const t = m && probing.sentAt.get(m[1]!);
     if (t !== undefined && t !== null) {
-      hist.record((now() - t) * 1000);
-      sentAt.delete(m![1]!);
-      seen++;
+      probing.hist.record((now() - t) * 1000);
+      probing.sentAt.delete(m![1]!);
+      probing.seen++;
     }
   });
-  const probes: { ws: WebSocket; id: string }[] = [];
   for (const p of cmd.probes) {
     const ws = await openOne(`${cmd.baseWs}/ws/city/presence?events=counts&token=${p.token}`);
-    if (ws) probes.push({ ws, id: p.id });
+    if (ws) probing.probes.push({ ws, id: p.id });
   }
+  return { opened: probing.probes.length, observer: probing.observer !== null };
+}
+
+/** First heartbeats of the opened probes, one every `everyMs`, timed to the observer's presence.update. */
+async function probe(cmd: Extract<PresenceCommand, { op: "probe" }>) {
+  const { probes } = probing;
   for (const p of probes) {
-    sentAt.set(p.id, now());
+    probing.sentAt.set(p.id, now());
     p.ws.send(`{"event":"presence.heartbeat","user_id":"${p.id}"}`);
     await Bun.sleep(cmd.everyMs);
   }
   const end = Date.now() + 3000;
-  while (seen < probes.length && Date.now() < end) await Bun.sleep(20);
-  observer?.close();
+  while (probing.seen < probes.length && Date.now() < end) await Bun.sleep(20);
+  probing.observer?.close();
   for (const p of probes) p.ws.close();
-  return { hist: hist.toData(), sent: probes.length, seen };
+  return { hist: probing.hist.toData(), sent: probes.length, seen: probing.seen };
 }
 
 process.on("message", async (cmd: PresenceCommand) => {
@@ -137,6 +145,9 @@ process.on("message", async (cmd: PresenceCommand) => {
     case "warm":
       for (const s of sockets) s.ws.send(s.beat);
       process.send!({ op: "warmed", sent: sockets.length });
+      break;
+    case "probeOpen":
+      process.send!({ op: "probeOpened", ...(await probeOpen(cmd)) });
       break;
     case "probe":
       process.send!({ op: "probed", ...(await probe(cmd)) });
