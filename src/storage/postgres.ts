@@ -3,10 +3,10 @@
  * instances may share one database: migrations take a transaction-scoped advisory lock, and every
  * write is one statement (atomic, one round trip).
  */
-import postgres, { type Sql } from "postgres";
+import postgres, { type Sql, type TransactionSql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
 import type {
-  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomBatch, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 
 export interface PostgresStoreOptions {
@@ -98,35 +98,17 @@ export class PostgresStore implements Store {
   }
 
   async appendMessages(roomId: string, batch: MessageWrite[]): Promise<number> {
-    if (batch.length === 0) throw new Error("postgres: appendMessages needs at least one message");
-    for (const w of batch) if (w.message.room_id !== roomId) throw new Error(`postgres: message ${w.message.id} is not in room ${roomId}`);
-    const messages = batch.map((w) => w.message);
-    const events = batch.map((w) => w.event);
-    const n = batch.length;
-    // One statement, so one round trip and atomic: the update takes the room's row lock (a
-    // concurrent writer on another instance waits for our commit) and numbers the batch.
-    const rows = await this.sql<{ first: string }[]>`
-      with s as (
-        update city_rooms set last_seq = last_seq + ${n} where id = ${roomId} returning last_seq - ${n} as base
-      ), m as (
-        insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)
-        select u.id, u.room_id, s.base + u.ord, u.author_user_id, u.author_agent_id, u.body, u.created_at
-        from s, unnest(
-          ${messages.map((m) => m.id)}::text[], ${messages.map((m) => m.room_id)}::text[],
-          ${messages.map((m) => m.author_user_id)}::text[], ${messages.map((m) => m.author_agent_id)}::text[],
-          ${messages.map((m) => m.body)}::text[], ${messages.map((m) => m.created_at)}::timestamptz[]
-        ) with ordinality as u(id, room_id, author_user_id, author_agent_id, body, created_at, ord)
-      ), e as (
-        insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at)
-        select * from unnest(
-          ${events.map((e) => e.id)}::text[], ${events.map((e) => e.kind)}::text[], ${events.map((e) => e.room_id)}::text[],
-          ${events.map((e) => e.user_id)}::text[], ${events.map((e) => e.agent_id)}::text[],
-          ${events.map((e) => JSON.stringify(e.payload))}::text[]::jsonb[], ${events.map((e) => e.created_at)}::timestamptz[])
-        where exists (select 1 from s)
-      )
-      select (base + 1)::text as first from s`;
-    if (rows.length === 0) throw new Error(`postgres: room ${roomId} does not exist`);
-    return Number(rows[0]!.first);
+    return appendBatch(this.sql, roomId, batch);
+  }
+
+  async appendMessagesMany(batches: RoomBatch[]): Promise<number[]> {
+    if (batches.length === 0) return [];
+    // One transaction: each room's statement takes that room's row lock until the one commit.
+    return this.sql.begin(async (tx) => {
+      const firsts: number[] = [];
+      for (const b of batches) firsts.push(await appendBatch(tx, b.roomId, b.batch));
+      return firsts;
+    });
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
@@ -374,6 +356,42 @@ const toMessage = (r: MessageRowPg): Message => ({
 });
 
 /** Inserts messages numbered `afterSeq + 1`, `afterSeq + 2`, … in array order. */
+
+/**
+ * One room's append as one statement (atomic, one round trip): the update takes the room's row
+ * lock (a concurrent writer on another instance waits for our commit) and numbers the batch.
+ * @returns the first seq @throws Error when the batch is empty, holds another room's message, or the room does not exist
+ */
+async function appendBatch(sql: Sql | TransactionSql, roomId: string, batch: MessageWrite[]): Promise<number> {
+  if (batch.length === 0) throw new Error("postgres: appendMessages needs at least one message");
+  for (const w of batch) if (w.message.room_id !== roomId) throw new Error(`postgres: message ${w.message.id} is not in room ${roomId}`);
+  const messages = batch.map((w) => w.message);
+  const events = batch.map((w) => w.event);
+  const n = batch.length;
+  const rows = await sql<{ first: string }[]>`
+    with s as (
+      update city_rooms set last_seq = last_seq + ${n} where id = ${roomId} returning last_seq - ${n} as base
+    ), m as (
+      insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)
+      select u.id, u.room_id, s.base + u.ord, u.author_user_id, u.author_agent_id, u.body, u.created_at
+      from s, unnest(
+        ${messages.map((m) => m.id)}::text[], ${messages.map((m) => m.room_id)}::text[],
+        ${messages.map((m) => m.author_user_id)}::text[], ${messages.map((m) => m.author_agent_id)}::text[],
+        ${messages.map((m) => m.body)}::text[], ${messages.map((m) => m.created_at)}::timestamptz[]
+      ) with ordinality as u(id, room_id, author_user_id, author_agent_id, body, created_at, ord)
+    ), e as (
+      insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at)
+      select * from unnest(
+        ${events.map((e) => e.id)}::text[], ${events.map((e) => e.kind)}::text[], ${events.map((e) => e.room_id)}::text[],
+        ${events.map((e) => e.user_id)}::text[], ${events.map((e) => e.agent_id)}::text[],
+        ${events.map((e) => JSON.stringify(e.payload))}::text[]::jsonb[], ${events.map((e) => e.created_at)}::timestamptz[])
+      where exists (select 1 from s)
+    )
+    select (base + 1)::text as first from s`;
+  if (rows.length === 0) throw new Error(`postgres: room ${roomId} does not exist`);
+  return Number(rows[0]!.first);
+}
+
 async function insertMessages(sql: postgres.TransactionSql, roomId: string, messages: NewMessage[], afterSeq: number): Promise<void> {
   await sql`
     insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)

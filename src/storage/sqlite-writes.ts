@@ -3,7 +3,7 @@
  * inline mode of {@link SqliteStore} (`:memory:` databases, which a second thread cannot open).
  */
 import type { Database } from "bun:sqlite";
-import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, RoomPatch, SecondmeMessage, SecondmeStatus } from "./store.ts";
+import type { FeedEvent, LivingMapEventWrite, LivingMapSnapshotRow, MessageWrite, NewMessage, Room, RoomBatch, RoomPatch, SecondmeMessage, SecondmeStatus } from "./store.ts";
 
 /** One living-map event as the values of its insert: id, timestamp, event_type, payload (JSON text), source, entity_id, entity_type, stream_seq. */
 export type LivingMapRowValues = [string, string, string, string, string, string | null, string | null, number | null];
@@ -30,6 +30,8 @@ export function configureConnection(db: Database, synchronous: "FULL" | "NORMAL"
 export interface SqliteWrites {
   /** @returns the first seq of the batch @throws Error when the room does not exist */
   appendMessages(roomId: string, batch: MessageWrite[]): number;
+  /** Several rooms' batches in one transaction. @returns each batch's first seq @throws Error as appendMessages; then nothing is written */
+  appendMessagesMany(batches: RoomBatch[]): number[];
   createRoom(room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }): boolean;
   secondmeSession(userId: string, fresh: { id: string; created_at: string }): string;
   appendSecondmeMessage(m: SecondmeMessage): void;
@@ -62,7 +64,7 @@ export function sqliteWrites(db: Database): SqliteWrites {
       .query("insert into city_feed_events (id, kind, room_id, user_id, agent_id, payload, created_at) values (?, ?, ?, ?, ?, ?, ?)")
       .run(e.id, e.kind, e.room_id, e.user_id, e.agent_id, JSON.stringify(e.payload), e.created_at);
 
-  const append = db.transaction((roomId: string, batch: MessageWrite[]) => {
+  const appendIn = (roomId: string, batch: MessageWrite[]) => {
     const row = advance(roomId, batch.length);
     if (!row) throw new Error(`sqlite: room ${roomId} does not exist`);
     const first = row.last_seq - batch.length + 1;
@@ -72,7 +74,9 @@ export function sqliteWrites(db: Database): SqliteWrites {
       insertEvent(event);
     });
     return first;
-  });
+  };
+  const append = db.transaction(appendIn);
+  const appendMany = db.transaction((batches: RoomBatch[]) => batches.map((b) => appendIn(b.roomId, b.batch)));
   const create = db.transaction((room: Room, seed: { messages: NewMessage[]; events: FeedEvent[] }) => {
     const res = db
       .query(
@@ -126,6 +130,7 @@ export function sqliteWrites(db: Database): SqliteWrites {
     },
     pruneLivingMap: (olderThan, limit) => prune(olderThan, limit),
     appendMessages: (roomId, b) => append(roomId, b),
+    appendMessagesMany: (batches) => appendMany(batches),
     createRoom: (r, seed) => create(r, seed),
     secondmeSession: (u, fresh) => session(u, fresh),
     appendSecondmeMessage: (m) => {

@@ -22,7 +22,7 @@ import path from "node:path";
 import { checksum, SQLITE_MIGRATIONS, type Migration } from "./migrations.ts";
 import { configureConnection, livingMapRow, sqliteWrites, type SqliteWriteOp, type SqliteWrites } from "./sqlite-writes.ts";
 import type {
-  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
+  FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomBatch, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
 import { workerEntry } from "../workers/entry.ts";
 
@@ -192,6 +192,11 @@ export class SqliteStore implements Store {
 
   async appendMessages(roomId: string, batch: MessageWrite[]): Promise<number> {
     return this.writer.run("appendMessages", roomId, batch);
+  }
+
+  async appendMessagesMany(batches: RoomBatch[]): Promise<number[]> {
+    if (batches.length === 0) return [];
+    return this.writer.run("appendMessagesMany", batches);
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {

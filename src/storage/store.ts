@@ -80,6 +80,12 @@ export interface MessageWrite {
   event: FeedEvent;
 }
 
+/** One room's messages in a multi-room append ({@link Store.appendMessagesMany}). */
+export interface RoomBatch {
+  roomId: string;
+  batch: MessageWrite[];
+}
+
 export type SecondmeRole = "user" | "assistant";
 /** `pending` while the agent works, `answered` or `unanswered` after; assistant messages are `answered`. */
 export type SecondmeStatus = "pending" | "answered" | "unanswered";
@@ -207,6 +213,15 @@ export interface Store {
    * @throws Error when the room does not exist or the store fails; nothing of the batch was written
    */
   appendMessages(roomId: string, batch: MessageWrite[]): Promise<number>;
+
+  /**
+   * {@link appendMessages} for several rooms in one transaction: one commit (one fsync) for all,
+   * all or nothing. Each room's batch is numbered as appendMessages numbers it; a room may appear
+   * more than once, and its batches are numbered in array order.
+   * @returns each batch's first seq, in the order given; resolves only after the commit
+   * @throws Error as appendMessages when any batch fails; nothing of any batch was written then
+   */
+  appendMessagesMany(batches: RoomBatch[]): Promise<number[]>;
 
   /** Messages of one room selected by `query`, in seq order. */
   listMessages(roomId: string, query: MessageQuery): Promise<Message[]>;

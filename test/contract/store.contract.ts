@@ -193,6 +193,35 @@ export function storeContract(name: string, harness: StoreHarness | null): void 
       expect(await store.lastSeqs([r.id, ghost])).toEqual(new Map([[r.id, 0]]));
     });
 
+    test("appendMessagesMany commits several rooms' batches at once, each numbered as appendMessages would, a room twice in order", async () => {
+      const [a, b] = [await newRoom(), await newRoom()];
+      await store.appendMessages(a.id, writes([message(a.id, "a1")]));
+      const firsts = await store.appendMessagesMany([
+        { roomId: a.id, batch: writes([message(a.id, "a2"), message(a.id, "a3")]) },
+        { roomId: b.id, batch: writes([message(b.id, "b1")]) },
+        { roomId: a.id, batch: writes([message(a.id, "a4")]) },
+      ]);
+      expect(firsts).toEqual([2, 1, 4]);
+      expect((await store.listMessages(a.id, { limit: 10 })).map((m) => [m.seq, m.body])).toEqual([[1, "a1"], [2, "a2"], [3, "a3"], [4, "a4"]]);
+      expect((await store.listMessages(b.id, { limit: 10 })).map((m) => [m.seq, m.body])).toEqual([[1, "b1"]]);
+      const feed = await store.listFeed({ limit: 100 });
+      expect(feed.filter((e) => e.room_id === b.id).map((e) => e.payload.body)).toEqual(["b1"]);
+      expect(await store.appendMessagesMany([])).toEqual([]);
+    });
+
+    test("appendMessagesMany is all or nothing: one bad batch (an unknown room, a duplicate id) writes none of them", async () => {
+      const [a, b] = [await newRoom(), await newRoom()];
+      const ghost = "room_city_ghost-" + unique();
+      const dup = message(b.id, "dup");
+      for (const bad of [{ roomId: ghost, batch: writes([message(ghost, "x")]) }, { roomId: b.id, batch: writes([dup, dup]) }]) {
+        const err = await rejection(store.appendMessagesMany([{ roomId: a.id, batch: writes([message(a.id, "lost")]) }, bad]));
+        expect(err.message).toMatch(/does not exist|unique|primary key|duplicate/i);
+      }
+      expect(await store.lastSeqs([a.id, b.id])).toEqual(new Map([[a.id, 0], [b.id, 0]]));
+      expect(await store.listMessages(a.id, { limit: 10 })).toEqual([]);
+      expect((await store.listFeed({ limit: 100 })).some((e) => e.room_id === a.id || e.room_id === b.id)).toBe(false);
+    });
+
     test("writers on two connections share one room: every seq once, no gap, each batch contiguous", async () => {
       const r = await newRoom();
       const other = await db.open();

@@ -124,6 +124,27 @@ describe("MessageWriter", () => {
     expect(all.map((m) => m.seq)).toEqual([4, 5, 6, 7, 8, 9]);
   });
 
+  test("gathering a turn: the rooms written in one turn share one commit; when it fails, each room is retried alone", async () => {
+    const [a, b] = [await newRoom(), await newRoom()];
+    const ghost = "room_city_ghost-" + Math.random().toString(36).slice(2, 7);
+    const calls: string[] = [];
+    const counted = Object.create(store) as typeof store;
+    counted.appendMessages = (roomId, batch) => (calls.push(`one ${roomId === a ? "a" : roomId === b ? "b" : "ghost"} ${batch.length}`), store.appendMessages(roomId, batch));
+    counted.appendMessagesMany = (batches) => (calls.push(`many ${batches.map((x) => x.batch.length).join("+")}`), store.appendMessagesMany(batches));
+    const committed: Message[][] = [];
+    const w = new MessageWriter({ store: counted, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (m) => committed.push(m), gatherTurn: () => true });
+    const got = await Promise.all([w.write(draft(a, "a1")), w.write(draft(b, "b1")), w.write(draft(a, "a2"))]);
+    expect(calls).toEqual(["many 2+1"]);
+    expect(got.map((m) => [m.body, m.seq])).toEqual([["a1", 1], ["b1", 1], ["a2", 2]]);
+    expect(committed.map((m) => m.map((x) => x.body))).toEqual([["a1", "a2"], ["b1"]]);
+    calls.length = 0;
+    // A room that does not exist fails the shared commit; the others' messages still commit.
+    const outcomes = await Promise.allSettled([w.write(draft(a, "a3")), w.write(draft(ghost, "g")), w.write(draft(b, "b2"))]);
+    expect(calls).toEqual(["many 1+1+1", "one a 1", "one ghost 1", "one b 1"]);
+    expect(outcomes.map((o) => (o.status === "fulfilled" ? o.value.seq : (o.reason as { code?: string }).code))).toEqual([3, "store_unavailable", 2]);
+    expect((await store.listMessages(a, { limit: 10 })).map((m) => m.body)).toEqual(["a1", "a2", "a3"]);
+  });
+
   test("two writers on one store share a room's numbering", async () => {
     const r = await newRoom();
     const [a, b] = [writer([]), writer([])];
@@ -143,10 +164,10 @@ describe("MessageWriter", () => {
     expect(await store.listMessages("room_city_missing", { limit: 10 })).toEqual([]);
   });
 
-  test("drain waits for queued writes, then refuses new ones", async () => {
+  test.each([["one at a time", false], ["gathering turns", true]] as const)("drain waits for queued writes, then refuses new ones (%s)", async (_, gather) => {
     const r = await newRoom();
     const committed: Message[][] = [];
-    const w = writer(committed);
+    const w = new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 4, gatherTurn: () => gather });
     const pending = Array.from({ length: 10 }, (_, i) => w.write(draft(r, `d${i}`)));
     await w.drain();
     expect(committed.flat().length).toBe(10);

@@ -11,8 +11,9 @@
  *
  * Where the store commits on the caller's thread (SQLite's inline writer, `Store.commitsOnCaller`),
  * a commit blocks the event loop for its fsync, and taking each message as it is read would cost
- * one fsync per message. There the writer gathers a turn: a room's batch is taken in the next
- * `setImmediate`, after every frame the loop read in the same turn has queued behind it.
+ * one fsync per message. There the writer gathers a turn: what every room received in one turn of
+ * the event loop is taken in the next `setImmediate` and committed in one transaction
+ * (`Store.appendMessagesMany`), one fsync for all of it; the rooms are then published one by one.
  */
 import type { Clock } from "../../clock.ts";
 import { AppError } from "../../engine/errors.ts";
@@ -36,9 +37,10 @@ export interface MessageWriterOptions {
   /** Stage times (`queue`, `commit`, `publish`, `total`) and batch sizes. */
   stages?: StageObserver;
   /**
-   * Asked before a room's batch is taken: when it returns true the batch is taken one turn of the
-   * event loop later (`setImmediate`), so the messages read in the same turn commit together
-   * (default: never; the city service passes `Store.commitsOnCaller`).
+   * Asked when a room with nothing in flight gets a write: when it returns true, the room's batch
+   * is taken one turn of the event loop later (`setImmediate`), together with every other room's
+   * from the same turn, and they commit in one `appendMessagesMany` (default: never; the city
+   * service passes `Store.commitsOnCaller`).
    */
   gatherTurn?: () => boolean;
 }
@@ -75,6 +77,8 @@ export class MessageWriter {
   /** A room's run loop waiting for its queue or an in-flight batch, by room. */
   private readonly wakers = new Map<string, () => void>();
   private readonly idle: (() => void)[] = [];
+  /** Rooms waiting for the gathered turn's commit, in the order their first write came. */
+  private readonly turnRooms = new Set<string>();
   private closed = false;
 
   constructor(private readonly opts: MessageWriterOptions) {}
@@ -91,9 +95,73 @@ export class MessageWriter {
       let q = this.queues.get(draft.roomId);
       if (!q) this.queues.set(draft.roomId, (q = []));
       q.push({ draft, resolve, reject });
-      if (!this.busy.has(draft.roomId)) void this.run(draft.roomId);
-      else this.wake(draft.roomId);
+      if (this.busy.has(draft.roomId)) this.wake(draft.roomId);
+      else if (this.opts.gatherTurn?.()) this.gather(draft.roomId);
+      else void this.run(draft.roomId);
     });
+  }
+
+  /** Puts a room in the next gathered turn (it counts as busy until that turn has settled it). */
+  private gather(roomId: string): void {
+    this.busy.add(roomId);
+    if (this.turnRooms.size === 0) {
+      setImmediate(() => this.commitTurn().catch((err) => this.opts.log.error("city: a gathered commit failed unexpectedly", { err })));
+    }
+    this.turnRooms.add(roomId);
+  }
+
+  /**
+   * The gathered turn: every waiting room's batch in one transaction, then each room settled
+   * (published, answered) in turn. When that commit fails, each room's batch is retried alone, so
+   * one room's refused message fails only there. Never throws.
+   */
+  private async commitTurn(): Promise<void> {
+    const rooms = [...this.turnRooms];
+    this.turnRooms.clear();
+    if (!this.opts.gatherTurn?.()) {
+      // The store moved its commits off the loop meanwhile: these rooms go the usual way.
+      for (const roomId of rooms) {
+        this.busy.delete(roomId);
+        void this.run(roomId);
+      }
+      return;
+    }
+    const batches = rooms.map((roomId) => ({ roomId, items: this.take(roomId) }));
+    if (batches.length === 1) await this.commit(batches[0]!.roomId, batches[0]!.items);
+    else {
+      const started = performance.now();
+      let firsts: number[] | null = null;
+      try {
+        firsts = await this.opts.store.appendMessagesMany(batches.map((b) => ({ roomId: b.roomId, batch: b.items.map((x) => x.w) })));
+      } catch {
+        firsts = null; // each room alone below: the failure is reported (or split) where it belongs
+      }
+      for (let i = 0; i < batches.length; i++) {
+        const { roomId, items } = batches[i]!;
+        if (firsts) await this.settle(roomId, items, started, Promise.resolve(firsts[i]!));
+        else await this.commit(roomId, items);
+      }
+    }
+    for (const roomId of rooms) {
+      this.busy.delete(roomId);
+      const q = this.queues.get(roomId);
+      if (q && q.length > 0) {
+        if (this.opts.gatherTurn?.()) this.gather(roomId);
+        else void this.run(roomId);
+      } else this.queues.delete(roomId);
+    }
+    if (this.busy.size === 0) for (const r of this.idle.splice(0)) r();
+  }
+
+  /** Takes a room's next batch off its queue (at most `maxBatch`), numbered later by the store. */
+  private take(roomId: string): { p: Pending; w: MessageWrite }[] {
+    const taken = this.queues.get(roomId)?.splice(0, this.opts.maxBatch ?? 256) ?? [];
+    const stages = this.opts.stages;
+    if (stages) {
+      const at = performance.now();
+      for (const p of taken) if (p.draft.admittedAt !== undefined) stages.observe("queue", (at - p.draft.admittedAt) / 1000);
+    }
+    return taken.map((p) => ({ p, w: this.materialise(p.draft) }));
   }
 
   /** Refuses new writes and resolves once every queued write has been committed or failed. */
@@ -105,14 +173,12 @@ export class MessageWriter {
 
   private async run(roomId: string): Promise<void> {
     this.busy.add(roomId);
-    const max = this.opts.maxBatch ?? 256;
     const depth = Math.max(1, this.opts.pipelineDepth ?? 2);
     // Batches are handed to the store as soon as they form, up to `depth` at a time, so a batch
     // never waits for the main thread to read the previous commit's answer; answers are taken (and
     // publications made) strictly in the order the batches were sent.
     let chain: Promise<void> = Promise.resolve();
     let inFlight = 0;
-    let gathered = false;
     try {
       for (;;) {
         const q = this.queues.get(roomId);
@@ -121,19 +187,7 @@ export class MessageWriter {
           await new Promise<void>((r) => this.wakers.set(roomId, r));
           continue;
         }
-        if (!gathered && this.opts.gatherTurn?.()) {
-          gathered = true;
-          await new Promise<void>((r) => setImmediate(r));
-          continue;
-        }
-        gathered = false;
-        const taken = q.splice(0, max);
-        const stages = this.opts.stages;
-        if (stages) {
-          const at = performance.now();
-          for (const p of taken) if (p.draft.admittedAt !== undefined) stages.observe("queue", (at - p.draft.admittedAt) / 1000);
-        }
-        const items = taken.map((p) => ({ p, w: this.materialise(p.draft) }));
+        const items = this.take(roomId);
         const started = performance.now();
         const appended = this.opts.store.appendMessages(roomId, items.map((x) => x.w));
         appended.catch(() => {}); // read (and handled) in settle, in order
