@@ -103,12 +103,15 @@ export class PostgresStore implements Store {
 
   async appendMessagesMany(batches: RoomBatch[]): Promise<number[]> {
     if (batches.length === 0) return [];
-    // One transaction: each room's statement takes that room's row lock until the one commit.
-    return this.sql.begin(async (tx) => {
-      const firsts: number[] = [];
-      for (const b of batches) firsts.push(await appendBatch(tx, b.roomId, b.batch));
-      return firsts;
-    });
+    // One transaction: each room's statement takes that room's row lock until the one commit. The
+    // rooms are locked in id order (a stable sort keeps a room's batches in array order), so two
+    // calls at once, from any instances, cannot deadlock. postgres.js pipelines the statements of
+    // an array returned to begin: BEGIN, them and COMMIT go in one flight.
+    const order = batches.map((_, i) => i).sort((a, b) => (batches[a]!.roomId < batches[b]!.roomId ? -1 : batches[a]!.roomId > batches[b]!.roomId ? 1 : a - b));
+    const firsts = await this.sql.begin((tx) => order.map((i) => appendBatch(tx, batches[i]!.roomId, batches[i]!.batch)));
+    const out = new Array<number>(batches.length);
+    order.forEach((i, k) => (out[i] = firsts[k]!));
+    return out;
   }
 
   async listMessages(roomId: string, q: MessageQuery): Promise<Message[]> {
