@@ -14,7 +14,7 @@ import { signToken } from "../src/auth/tokens.ts";
 import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
-import { ClientProc, drain } from "./load/proc.ts";
+import { ClientProc, drain, quiet } from "./load/proc.ts";
 import { availableServers, BENCH_SECRET, buildProject, cpuSeconds, ROOT, rssBytes, rssSampler, startServer, type RunningServer, type ServerName } from "./servers.ts";
 import { stageSummary } from "./prom.ts";
 import { renderReadme } from "./render.ts";
@@ -94,6 +94,8 @@ export interface RunResult {
   rss_per_socket_kb?: number;
   connections_per_s?: number;
   open_failed: number;
+  /** How long the clients' frames took to stand still after the connects (and the 500 ms before), ms. */
+  settle_ms?: number;
   /** The project's own view of the run (`/metrics` before and after): each write stage's p50/p99 and the event loop's delay. */
   stages?: Record<string, { count: number; p50_ms: number | null; p99_ms: number | null }>;
   loop_delay?: { count: number; p50_ms: number | null; p99_ms: number | null };
@@ -155,12 +157,20 @@ async function runOnce(s: Scenario, server: RunningServer, rep: number): Promise
   };
 
   if (s.mode === "idle" || s.mode === "connect") {
+    const idleBefore = server.kind === "project" && s.mode === "idle" ? await (await fetch(`${server.url}/metrics`)).text() : "";
     await Bun.sleep(s.durationMs);
+    if (idleBefore) {
+      // What an idle server's periodic work (sweeps, flushes) does to its event loop with these sockets.
+      result.loop_delay = stageSummary(idleBefore, await (await fetch(`${server.url}/metrics`)).text(), "daarion_city_event_loop_delay_seconds").all;
+    }
     const rssAfter = rssBytes(server.pid);
     result.rss_per_socket_kb = round(((rssAfter - rssBefore) / total) / 1024, 2);
     result.connections_per_s = Math.round(total / (connectMs / 1000));
   } else {
     await Bun.sleep(500); // let joins settle (Socket.IO joins after connect)
+    // The connect storm's own frames (the project announces each join in rooms of up to 200
+    // users) may still be on their way: measure from when the clients' frame counts stand still.
+    result.settle_ms = await quiet(clients, { stillMs: 250, maxMs: 10_000 });
     await Promise.all(clients.map((c) => c.call({ op: "reset" })));
     const metricsBefore = server.kind === "project" ? await (await fetch(`${server.url}/metrics`)).text() : "";
     const cpuStart = cpuSeconds(server.pid);
@@ -345,7 +355,7 @@ async function main(): Promise<void> {
         try {
           const r = await runOnce(s, server, rep);
           scenarioRuns.push(r);
-          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} late ${r.late} closed ${r.closed} published ${r.server_published ?? "-"}/${r.sent}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}${r.stages ? ` stages p99 ${Object.entries(r.stages).map(([k, v]) => `${k} ${v.p99_ms}`).join(", ")}; loop delay p99 ${r.loop_delay?.p99_ms}` : ""}`);
+          if (!quick) console.error(`  ${s.id} ${name} rep ${rep}: ${r.deliveries_per_s} deliveries/s p99 ${r.p99_ms} ms lost ${r.lost} late ${r.late} closed ${r.closed} published ${r.server_published ?? "-"}/${r.sent}${r.settle_ms !== undefined ? ` settled after ${r.settle_ms} ms` : ""}${r.rss_per_socket_kb !== undefined ? ` ${r.rss_per_socket_kb} KiB/socket` : ""}${r.stages ? ` stages p99 ${Object.entries(r.stages).map(([k, v]) => `${k} ${v.p99_ms}`).join(", ")}; loop delay p99 ${r.loop_delay?.p99_ms}` : ""}`);
         } finally {
           await server.stop();
         }

@@ -34,6 +34,8 @@ export type Command =
   | { op: "publish"; durationMs: number; ratePerPublisher?: number; window?: number }
   | { op: "report" }
   | { op: "count" }
+  /** Frames of any kind received so far (join announcements too). */
+  | { op: "frames" }
   | { op: "close" };
 
 export interface Report {
@@ -95,7 +97,11 @@ function send(c: Conn): void {
   c.ws.send(frameFor(c.plan.room, body));
 }
 
+/** Every frame received, of any kind (the bench waits for it to stop moving before it measures). */
+let frames = 0;
+
 function onData(c: Conn, data: string): void {
+  frames++;
   if (kind === "socketio") {
     if (data === "2") return void c.ws.send("3");
     if (data.startsWith("0")) return void c.ws.send("40");
@@ -245,6 +251,9 @@ process.on("message", async (cmd: Command) => {
         op: "report", hist: hist.toData(), echo: echo.toData(), received, errors, errorCodes, closes,
         open: conns.filter((c) => c.ws.readyState === WebSocket.OPEN).length,
       } satisfies Report);
+      break;
+    case "frames":
+      process.send!({ op: "frames", frames });
       break;
     case "count": {
       let n = 0;

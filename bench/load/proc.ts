@@ -65,3 +65,25 @@ export async function drain(
     await Bun.sleep(50);
   }
 }
+
+/**
+ * Waits until no client has received a frame of any kind for `stillMs` (or `maxMs` passed): what
+ * a server still sends after the connects (the project's join announcements) is over.
+ * @returns how long it waited, ms
+ */
+export async function quiet(clients: ClientProc<{ op: string }>[], o: { stillMs: number; maxMs: number }): Promise<number> {
+  const t0 = performance.now();
+  let last = -1;
+  let lastChange = t0;
+  for (;;) {
+    const counts = await Promise.all(clients.map((c) => c.call<{ frames: number }>({ op: "frames" })));
+    const got = counts.reduce((a, c) => a + c.frames, 0);
+    const now = performance.now();
+    if (got !== last) {
+      last = got;
+      lastChange = now;
+    }
+    if (now - lastChange >= o.stillMs || now - t0 > o.maxMs) return Math.round(now - t0);
+    await Bun.sleep(25);
+  }
+}
