@@ -230,7 +230,7 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
   },
   {
     env: "SQLITE_WRITER", key: "sqliteWriter", type: "auto, inline or thread", fallback: "auto",
-    doc: "Where the embedded store commits: inline on the event loop (a message is committed and published in the task that read it), or on a writer thread (a slow fsync never blocks the event loop). auto: inline while the disk's fsync is fast (a probe at start: median at most 0.5 ms), moving to the thread for good when inline writes are slow (three in a row over 10 ms, or one over 100 ms).",
+    doc: "Where the embedded store commits: inline on the event loop (what every room received in one turn of the loop is committed in one transaction in the next, one fsync for all, then published), or on a writer thread (a slow fsync never blocks the event loop). auto: inline while the disk's fsync is fast (a probe at start: median at most 0.5 ms), moving to the thread for good when inline writes are slow (three in a row over 10 ms, or one over 100 ms).",
     parse: oneOf(["auto", "inline", "thread"] as const),
   },
   {

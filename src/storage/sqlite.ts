@@ -9,8 +9,9 @@
  * writes inline when the disk's fsync is fast (a probe at open: median ≤ 0.5 ms, or no fsync per
  * commit under `NORMAL`) and moves to the thread for good once inline writes are slow (three in a
  * row over {@link INLINE_WRITE_MAX_MS}, or one over ten times it); otherwise it uses the thread
- * from the start. Inline, a message is committed and published in the task that read it, with no
- * hand-off to the thread and no second turn of a busy event loop for its answer: in 12
+ * from the start. Inline, a message is committed and published in the turn after the one that
+ * read it (the message writer commits every room's messages of a turn together, see
+ * `Store.commitsOnCaller`), with no hand-off to the thread and no wait for its answer: in 12
  * interleaved pairs at 100 and 300 msg/s × 1,000 sockets (bench/README.md, "2026-12-02") its p50
  * against raw Bun's was lower in 11, its p99 in 10, and the server's CPU 4–23% lower in all 12.
  * Reads use this thread's connection either way (WAL readers do not wait for the writer). A
