@@ -2,6 +2,7 @@
  * Metrics (SPEC "Operations": `GET /metrics`, Prometheus text via prom-client). One registry per
  * city instance; gauges read the live objects when scraped, counters are bumped by the services.
  */
+import { readdir } from "node:fs/promises";
 import { Elysia } from "elysia";
 import { collectDefaultMetrics, Counter, Gauge, Registry } from "prom-client";
 import type { Broker } from "../engine/broker/broker.ts";
@@ -44,6 +45,22 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
   // figure under that name is the JavaScript heap's committed size instead.
   registry.removeSingleMetric("daarion_city_process_heap_bytes");
   gauge("daarion_city_process_heap_bytes", "JavaScript heap committed, bytes (JavaScriptCore; not VmData, which counts reserved address space)", () => process.memoryUsage().heapTotal);
+  // prom-client counts open descriptors with readdirSync("/proc/self/fd"): with 10,000 sockets
+  // that held the event loop 12-33 ms per scrape. The same count is read off the loop
+  // (fs.promises.readdir: the longest loop gap 0.3-3.5 ms), under the same name, on Linux only as before.
+  if (registry.getSingleMetric("daarion_city_process_open_fds")) {
+    registry.removeSingleMetric("daarion_city_process_open_fds");
+    new Gauge({
+      name: "daarion_city_process_open_fds", help: "Number of open file descriptors.", registers: [registry],
+      async collect() {
+        try {
+          this.set((await readdir("/proc/self/fd")).length);
+        } catch {
+          /* no /proc: left as it was */
+        }
+      },
+    });
+  }
   /** A counter mirroring a monotonic number kept by the engine. */
   const mirror = (name: string, help: string, read: () => number) => {
     let seen = 0;

@@ -3,6 +3,7 @@
  * every bad input of the city core issue, each answered with a JSON 4xx that changes nothing.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { closeSync, openSync } from "node:fs";
 import { startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 let city: TestCity;
@@ -226,6 +227,18 @@ describe("metrics", () => {
     expect(count(after, "daarion_city_message_commit_batch_size_sum")).toBe(count(before, "daarion_city_message_commit_batch_size_sum") + 2);
     // The loop monitor samples every 25 ms from the start.
     await waitFor(async () => count(await (await city.app.handle(new Request("http://localhost/metrics"))).text(), "daarion_city_event_loop_delay_seconds_count"), (n) => n > 0);
+  });
+
+  test.skipIf(process.platform !== "linux")("open descriptors are counted, and follow the descriptors the process opens", async () => {
+    const read = async () => Number(/^daarion_city_process_open_fds (\d+)/m.exec(await (await city.app.handle(new Request("http://localhost/metrics"))).text())?.[1]);
+    const before = await read();
+    expect(before).toBeGreaterThan(0);
+    const extra = Array.from({ length: 40 }, () => openSync("/dev/null", "r"));
+    try {
+      expect(await read()).toBeGreaterThanOrEqual(before + 40);
+    } finally {
+      for (const fd of extra) closeSync(fd);
+    }
   });
 
   test("the heap figure is the JavaScript heap, below the resident size (not the reserved address space)", async () => {
