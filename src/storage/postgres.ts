@@ -1,7 +1,8 @@
 /**
  * PostgresStore: the production store (SPEC "Engines"), PostgreSQL through postgres.js. Several
  * instances may share one database: migrations take a transaction-scoped advisory lock, and every
- * write is one statement (atomic, one round trip).
+ * write is one statement (atomic, one round trip), but `appendMessagesMany`: one transaction of one
+ * statement per room, pipelined.
  */
 import postgres, { type Sql, type TransactionSql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
@@ -358,8 +359,6 @@ const toMessage = (r: MessageRowPg): Message => ({
   created_at: iso(r.created_at),
 });
 
-/** Inserts messages numbered `afterSeq + 1`, `afterSeq + 2`, … in array order. */
-
 /**
  * One room's append as one statement (atomic, one round trip): the update takes the room's row
  * lock (a concurrent writer on another instance waits for our commit) and numbers the batch.
@@ -395,6 +394,7 @@ async function appendBatch(sql: Sql | TransactionSql, roomId: string, batch: Mes
   return Number(rows[0]!.first);
 }
 
+/** Inserts messages numbered `afterSeq + 1`, `afterSeq + 2`, … in array order. */
 async function insertMessages(sql: postgres.TransactionSql, roomId: string, messages: NewMessage[], afterSeq: number): Promise<void> {
   await sql`
     insert into city_room_messages (id, room_id, seq, author_user_id, author_agent_id, body, created_at)
