@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { systemClock } from "../../src/clock.ts";
 import { IdGenerator } from "../../src/ids.ts";
 import { silentLogger } from "../../src/log.ts";
-import { feedPayload, MessageWriter } from "../../src/modules/city/writer.ts";
+import { feedPayload, MessageWriter, type MessageWriterOptions } from "../../src/modules/city/writer.ts";
 import { SqliteStore } from "../../src/storage/sqlite.ts";
 import { waitFor } from "../helpers/city.ts";
 import type { Message, Room } from "../../src/storage/store.ts";
@@ -27,8 +27,9 @@ const newRoom = async () => {
 beforeAll(() => store.migrate());
 afterAll(() => store.close());
 
-function writer(committed: Message[][]) {
-  return new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64 });
+/** A writer on `store` (or `extra.store`) that records its committed batches in `committed`. */
+function writer(committed: Message[][], extra: Partial<MessageWriterOptions> = {}) {
+  return new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64, ...extra });
 }
 const draft = (roomId: string, body: string) => ({ roomId, authorUserId: "u_a", authorAgentId: null, body });
 
@@ -61,7 +62,7 @@ describe("MessageWriter", () => {
       return new Promise((resolve, reject) => held.push({ size: batch.length, release: () => real.then(resolve, reject) }));
     };
     const committed: Message[][] = [];
-    const w = new MessageWriter({ store: gated, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 64, pipelineDepth: 2 });
+    const w = writer(committed, { store: gated, pipelineDepth: 2 });
     const first = w.write(draft(r, "a"));
     await Bun.sleep(0);
     const second = w.write(draft(r, "b"));
@@ -90,7 +91,7 @@ describe("MessageWriter", () => {
       const real = store.appendMessages(roomId, batch);
       return new Promise((resolve, reject) => held.push(() => real.then(resolve, reject)));
     };
-    const w = new MessageWriter({ store: gated, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: () => {}, pipelineDepth: 1 });
+    const w = writer([], { store: gated, pipelineDepth: 1 });
     const a = w.write(draft(r, "a"));
     const b = w.write(draft(r, "b"));
     await Bun.sleep(1);
@@ -106,7 +107,7 @@ describe("MessageWriter", () => {
     const r = await newRoom();
     const sizes = (gatherTurn: (() => boolean) | undefined) => {
       const committed: Message[][] = [];
-      const w = new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), gatherTurn });
+      const w = writer(committed, { gatherTurn });
       return { w, committed };
     };
     const turn = () => new Promise<void>((res) => setImmediate(res));
@@ -132,7 +133,7 @@ describe("MessageWriter", () => {
     counted.appendMessages = (roomId, batch) => (calls.push(`one ${roomId === a ? "a" : roomId === b ? "b" : "ghost"} ${batch.length}`), store.appendMessages(roomId, batch));
     counted.appendMessagesMany = (batches) => (calls.push(`many ${batches.map((x) => x.batch.length).join("+")}`), store.appendMessagesMany(batches));
     const committed: Message[][] = [];
-    const w = new MessageWriter({ store: counted, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (m) => committed.push(m), gatherTurn: () => true });
+    const w = writer(committed, { store: counted, gatherTurn: () => true });
     const got = await Promise.all([w.write(draft(a, "a1")), w.write(draft(b, "b1")), w.write(draft(a, "a2"))]);
     expect(calls).toEqual(["many 2+1"]);
     expect(got.map((m) => [m.body, m.seq])).toEqual([["a1", 1], ["b1", 1], ["a2", 2]]);
@@ -167,7 +168,7 @@ describe("MessageWriter", () => {
   test.each([["one at a time", false], ["gathering turns", true]] as const)("drain waits for queued writes, then refuses new ones (%s)", async (_, gather) => {
     const r = await newRoom();
     const committed: Message[][] = [];
-    const w = new MessageWriter({ store, ids: new IdGenerator(), clock: systemClock, log: silentLogger, onCommitted: (b) => committed.push(b), maxBatch: 4, gatherTurn: () => gather });
+    const w = writer(committed, { maxBatch: 4, gatherTurn: () => gather });
     const pending = Array.from({ length: 10 }, (_, i) => w.write(draft(r, `d${i}`)));
     await w.drain();
     expect(committed.flat().length).toBe(10);
