@@ -216,7 +216,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     life.add({ name: "event loop monitor", stop: () => loopDelay.stop() });
     city = new CityService({
       store, streams, broker, writeLimit, clock, log, membershipEventsMaxMembers: config.roomMembershipEventsMaxMembers,
-      occupancy: { count: (roomId) => presence.roomCount(roomId), holders: (roomId) => presence.roomHolders(roomId) },
+      occupancy: { count: (roomId) => presence.roomCount(roomId), holders: (roomId) => presence.roomUsersAtLeast(roomId) },
       onRoomCreated: () => {
         roomsChanged();
         broker.publish(ROOMS_CHANGED_SUBJECT, "{}");

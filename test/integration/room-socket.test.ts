@@ -332,6 +332,28 @@ describe("membership announcements in large rooms", () => {
     }
   });
 
+  test("a join is not announced when, by the time its flush answers, this instance already holds more users there than the cap", async () => {
+    const t = await startCapped();
+    try {
+      await t.join("u_a");
+      const written = t.city.presence.flush(); // writes u_a's hold alone: a room of 1 user
+      // two more users' sockets hold the room while that write is in flight (their holds wait for
+      // the next flush), so the room has 3 users when u_a's join is reported
+      expect(t.city.presence.hold(room, "u_y")).toBe(true);
+      expect(t.city.presence.hold(room, "u_z")).toBe(true);
+      await written;
+      expect(t.city.presence.roomHolders(room)).toBe(1);
+      expect(t.city.presence.roomUsersAtLeast(room)).toBe(3);
+      await t.sentinel("after the write");
+      expect(t.users("room.join")).toEqual([]);
+      expect(t.users("room.presence")).toEqual([]);
+      t.city.presence.release(room, "u_y");
+      t.city.presence.release(room, "u_z");
+    } finally {
+      await t.dispose();
+    }
+  });
+
   test("joins that take a room over the cap in one flush announce none of them; a leave from a room of at most the cap is announced", async () => {
     const t = await startCapped();
     try {

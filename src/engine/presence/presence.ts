@@ -335,6 +335,17 @@ export class PresenceTracker {
     return this.view.get(roomId)?.holders ?? 0;
   }
 
+  /**
+   * Users holding a socket in a room now, as far as this instance can tell: the larger of the
+   * view's holders (as of the last write it saw) and the distinct users its own sockets hold there,
+   * which the view counts only once their hold is flushed. What caps per-user room events: in a
+   * connect storm the sockets opened while a flush is in flight are already in the room when that
+   * flush's joins are announced.
+   */
+  roomUsersAtLeast(roomId: string): number {
+    return Math.max(this.view.get(roomId)?.holders ?? 0, this.localUsers.get(roomId) ?? 0);
+  }
+
   /** Every room's numbers as this instance knows them. */
   snapshot(): ReadonlyMap<string, RoomCounts> {
     return this.view;

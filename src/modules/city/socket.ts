@@ -133,7 +133,7 @@ export function roomSocketRoute(o: RoomSocketOptions): SocketRoute<RoomSocketDat
         if (!d.userId) return sendError(ws, "unauthorized", "typing needs a token (?token=… on connect)");
         o.presence.typing(d.roomId, d.userId);
         const now = Date.now();
-        if (now - d.typingAnnouncedAt >= TYPING_ANNOUNCE_MS && o.presence.roomHolders(d.roomId) <= o.membershipEventsMaxMembers) {
+        if (now - d.typingAnnouncedAt >= TYPING_ANNOUNCE_MS && o.presence.roomUsersAtLeast(d.roomId) <= o.membershipEventsMaxMembers) {
           d.typingAnnouncedAt = now;
           o.streams.publishEvent(d.roomId, encodeRoomTyping(d.roomId, d.userId));
         }

@@ -191,7 +191,7 @@ export class PresenceService {
       hub.publishLocal(PRESENCE_USERS_TOPIC, encodePresenceUpdate(userId, status));
     }
     for (const roomId of rooms) {
-      if (presence.roomHolders(roomId) > this.o.membershipEventsMaxMembers) continue;
+      if (presence.roomUsersAtLeast(roomId) > this.o.membershipEventsMaxMembers) continue;
       streams.publishEventLocal(roomId, encodeRoomUserPresence(roomId, userId, status));
     }
   }
@@ -202,11 +202,14 @@ export class PresenceService {
    * updated before memberships are reported), not as it was after that one join: a connect storm
    * that takes a room from 0 to 1,000 users in one flush announces none of them, where counting
    * join by join announced the first 200 to every socket already in (two frames each, 40,000
-   * frames per 100 sockets: 60% of the main thread's samples in a 10,000-socket storm). A leave counts
-   * the room as it was before it (the last users to leave a large room are announced).
+   * frames per 100 sockets: 60% of the main thread's samples in a 10,000-socket storm). Nor fewer
+   * than this instance's own sockets hold there by the time the flush answers
+   * (`roomUsersAtLeast`): in a storm on a fresh server the first flushes wrote a few hundred holds
+   * while thousands of sockets opened, and their joins went to all of those. A leave counts the
+   * room as it was before it (the last users to leave a large room are announced).
    */
   private announce(m: Membership, kind: "join" | "leave"): void {
-    const users = kind === "join" ? Math.max(m.holders, this.o.presence.roomHolders(m.roomId)) : m.holders + 1;
+    const users = kind === "join" ? Math.max(m.holders, this.o.presence.roomUsersAtLeast(m.roomId)) : m.holders + 1;
     if (users > this.o.membershipEventsMaxMembers) return;
     const { streams } = this.o;
     streams.publishEvent(m.roomId, encodeRoomMembership(kind === "join" ? "room.join" : "room.leave", m.roomId, m.userId));
