@@ -233,9 +233,12 @@ describe("metrics", () => {
     const read = async () => Number(/^daarion_city_process_open_fds (\d+)/m.exec(await (await city.app.handle(new Request("http://localhost/metrics"))).text())?.[1]);
     const before = await read();
     expect(before).toBeGreaterThan(0);
-    const extra = Array.from({ length: 40 }, () => openSync("/dev/null", "r"));
+    // Other descriptors of this process (pooled connections, a previous file's sockets) may close
+    // meanwhile, so the check leaves room for far more churn than happens: a count that did not
+    // follow (stuck, cached) still fails it.
+    const extra = Array.from({ length: 400 }, () => openSync("/dev/null", "r"));
     try {
-      expect(await read()).toBeGreaterThanOrEqual(before + 40);
+      expect(await read()).toBeGreaterThanOrEqual(before + 200);
     } finally {
       for (const fd of extra) closeSync(fd);
     }
