@@ -337,8 +337,8 @@ describe("membership announcements in large rooms", () => {
     try {
       await t.join("u_a");
       const written = t.city.presence.flush(); // writes u_a's hold alone: a room of 1 user
-      // two more users' sockets hold the room while that write is in flight (their holds wait for
-      // the next flush), so the room has 3 users when u_a's join is reported
+      // two more users hold the room while that write is in flight (the call a socket's open makes;
+      // their holds wait for the next flush), so the room has 3 users when u_a's join is reported
       expect(t.city.presence.hold(room, "u_y")).toBe(true);
       expect(t.city.presence.hold(room, "u_z")).toBe(true);
       await written;
