@@ -180,8 +180,7 @@ export async function startCity(config: Config, opts: StartOptions): Promise<Cit
     // Shared per-user limits and Second Me's per-user order (Redis), when there is a Redis.
     let redis: RedisClient | null = null;
     if (config.redisUrl) {
-      await import("./tracing-channel.ts"); // node-redis traces every command where TracingChannel lacks hasSubscribers
-      const { createClient } = await import("redis");
+      const { createClient } = await import("./redis-client.ts");
       const client = createClient({
         url: config.redisUrl, disableOfflineQueue: true,
         socket: { connectTimeout: 3000, reconnectStrategy: (retries: number) => Math.min(100 * 2 ** retries, 1000) },

@@ -18,8 +18,7 @@
  * to the caller that made it, so every instance reports it exactly once between them.
  * Commands fail fast while Redis is down (no offline queue); the tracker keeps the batch.
  */
-import "../../tracing-channel.ts"; // before any command: node-redis traces every command where TracingChannel lacks hasSubscribers
-import { createClient, defineScript } from "redis";
+import { createClient, defineScript } from "../../redis-client.ts";
 import type { Logger } from "../../log.ts";
 import type { Membership, PresenceBatch, PresenceChanges, PresenceManager, RoomCounts, Transition } from "./presence.ts";
 

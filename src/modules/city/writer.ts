@@ -96,9 +96,14 @@ export class MessageWriter {
       if (!q) this.queues.set(draft.roomId, (q = []));
       q.push({ draft, resolve, reject });
       if (this.busy.has(draft.roomId)) this.wake(draft.roomId);
-      else if (this.opts.gatherTurn?.()) this.gather(draft.roomId);
-      else void this.run(draft.roomId);
+      else this.start(draft.roomId);
     });
+  }
+
+  /** Starts committing an idle room's queue: in the next gathered turn, or in its own run loop. */
+  private start(roomId: string): void {
+    if (this.opts.gatherTurn?.()) this.gather(roomId);
+    else void this.run(roomId);
   }
 
   /** Puts a room in the next gathered turn (it counts as busy until that turn has settled it). */
@@ -145,10 +150,8 @@ export class MessageWriter {
     for (const roomId of rooms) {
       this.busy.delete(roomId);
       const q = this.queues.get(roomId);
-      if (q && q.length > 0) {
-        if (this.opts.gatherTurn?.()) this.gather(roomId);
-        else void this.run(roomId);
-      } else this.queues.delete(roomId);
+      if (q && q.length > 0) this.start(roomId);
+      else this.queues.delete(roomId);
     }
     if (this.busy.size === 0) for (const r of this.idle.splice(0)) r();
   }
