@@ -8,7 +8,7 @@ import { IdGenerator } from "../../src/ids.ts";
 import type { FeedEvent, LivingMapEventWrite, Message, MessageWrite, NewMessage, Room, SecondmeMessage, Store } from "../../src/storage/store.ts";
 import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 
-/** One throwaway database of an implementation. */
+/** One throwaway store of an implementation (a schema on PostgreSQL, a file on SQLite). */
 export interface TestDatabase {
   /** A new connection to this database (unmigrated until someone migrates it). */
   open(options?: { migrations?: "all" | "before-seq" }): Promise<Store>;

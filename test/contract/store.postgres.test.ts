@@ -1,7 +1,7 @@
 import postgres from "postgres";
 import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 import { PostgresStore } from "../../src/storage/postgres.ts";
-import { createTestDatabase, engineUrl } from "../helpers/engines.ts";
+import { createTestSchema, engineUrl } from "../helpers/engines.ts";
 import { storeContract } from "./store.contract.ts";
 
 const base = engineUrl("DATABASE_URL", "Store contract: postgres");
@@ -9,7 +9,7 @@ storeContract(
   "postgres",
   base === null ? null : {
     database: async () => {
-      const db = await createTestDatabase(base);
+      const db = await createTestSchema(base);
       return {
         open: async (o) =>
           new PostgresStore({ url: db.url, poolMax: 4, migrations: o?.migrations === "before-seq" ? POSTGRES_MIGRATIONS.filter((m) => m.version < "0003") : undefined }),

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
-import { createTestDatabase, deleteLivingMapStream, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
+import { createTestSchema, deleteLivingMapStream, deleteRedisKeys, engineUrl } from "../helpers/engines.ts";
 import { TestSocket } from "../helpers/city.ts";
 
 const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-"));
@@ -31,7 +31,7 @@ if (pg) {
   variants.push({
     name: "postgres",
     env: async () => {
-      const db = await createTestDatabase(pg);
+      const db = await createTestSchema(pg);
       return { env: { DATABASE_URL: db.url, JWT_SECRET: "e2e-secret-0123456789-abcdefghijklmnopq", DATA_DIR: mkdtempSync(path.join(work, "data-")) }, drop: db.drop };
     },
   });

@@ -13,7 +13,7 @@ import { connect, type NatsConnection } from "nats";
 import postgres from "postgres";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { TestSocket, waitFor } from "../helpers/city.ts";
-import { createTestDatabase, deleteLivingMapStream, engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestSchema, deleteLivingMapStream, engineUrl, randomSuffix } from "../helpers/engines.ts";
 
 const pg = engineUrl("DATABASE_URL", "living map binary");
 const natsUrl = engineUrl("NATS_URL", "living map binary");
@@ -36,7 +36,7 @@ describe.skipIf(!pg || !natsUrl)("living map on the compiled binary", () => {
   });
 
   test("meta.sources tells the truth about all six; node.metrics.x reaches the stream, the history (also after a restart) and the snapshot", async () => {
-    const db = await createTestDatabase(pg!);
+    const db = await createTestSchema(pg!);
     const prefix = `t_${randomSuffix()}`;
     const space = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ planets: [], nodes: [{ id: "x", name: "NODE X", cpu: 0.1 }] }) });
     const usage = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => Response.json({ agents: [{ agent_id: "sofia", llm_calls: 12, tokens: 3400 }] }) });
@@ -88,7 +88,7 @@ describe.skipIf(!pg || !natsUrl)("living map on the compiled binary", () => {
   }, 60_000);
 
   test("a binary killed between receiving a batch and acknowledging it loses nothing: the next one logs every event once", async () => {
-    const db = await createTestDatabase(pg!);
+    const db = await createTestSchema(pg!);
     const prefix = `t_${randomSuffix()}`;
     const env = {
       DATABASE_URL: db.url, NATS_URL: natsUrl!, NATS_SUBJECT_PREFIX: prefix, JWT_SECRET: SECRET, DATA_DIR: mkdtempSync(path.join(work, "d-")),

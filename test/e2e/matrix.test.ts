@@ -13,7 +13,7 @@ import path from "node:path";
 import { connect, type NatsConnection } from "nats";
 import { binaryToken, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { TestSocket, waitFor } from "../helpers/city.ts";
-import { createTestDatabase, deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestSchema, deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { FakeHomeserver } from "../helpers/fake-homeserver.ts";
 
 const pg = engineUrl("DATABASE_URL", "Matrix presence on the binary");
@@ -60,7 +60,7 @@ function useMatrixBinaries(leaseMs: number) {
     hs.addUser(BOT, { token: "daemon-token" });
     hs.createRoom(GEN, "#city_general:city.test");
     hs.join(GEN, BOT);
-    const db = await createTestDatabase(pg!, "dc_e2e_matrix");
+    const db = await createTestSchema(pg!, "dc_e2e_matrix");
     drop = db.drop;
     nc = await connect({ servers: nats! });
     nc.subscribe(`${prefix}.city.presence.>`, { callback: (_e, m) => published.push({ subject: m.subject.slice(prefix.length + 1), data: JSON.parse(m.string()), at: Date.now() }) });

@@ -9,13 +9,13 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { binaryToken, startBinary, stopBinary } from "../helpers/binary.ts";
 import { TestSocket } from "../helpers/city.ts";
-import { createTestDatabase, deleteRedisKeys, randomSuffix } from "../helpers/engines.ts";
+import { createTestSchema, deleteRedisKeys, randomSuffix } from "../helpers/engines.ts";
 import { contiguous, lastSeq, pg, post, redis, ROOM, SECRET, seqs } from "../helpers/instances.ts";
 import { ownNats } from "../helpers/own-engines.ts";
 
 describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
   test("10 s without NATS: writes go on, and once it is back every socket on the other instance has every message, in order", async () => {
-    const db = await createTestDatabase(pg!);
+    const db = await createTestSchema(pg!);
     const prefix = `t_${randomSuffix()}`;
     const natsServer = await ownNats();
     const env = {

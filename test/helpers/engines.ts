@@ -25,25 +25,32 @@ export function randomSuffix(): string {
 }
 
 /**
- * Creates a throwaway database next to the one in `baseUrl` and returns its URL and a `drop()`.
- * Each test file gets its own, so files can run in parallel and leave nothing behind.
+ * Creates a throwaway schema in the database of `baseUrl` and returns a URL that works in it (the
+ * schema rides in the URL as the `search_path` startup parameter, which postgres.js passes through)
+ * and a `drop()`. Each test file (or test) gets its own, so files run in parallel and leave nothing
+ * behind. A schema, not a database: `create database` copies the template through the WAL and
+ * cost PostgreSQL ~0.14 CPU-s each, about a tenth of the whole suite's CPU on a 2-core machine.
+ * Migrations already take their lock per `current_schema()`, so instances on one schema still
+ * serialise and different schemas never wait for each other.
  */
-export async function createTestDatabase(baseUrl: string, namePrefix = "dc_test"): Promise<{ url: string; drop: () => Promise<void> }> {
+export async function createTestSchema(baseUrl: string, namePrefix = "dc_test"): Promise<{ url: string; drop: () => Promise<void> }> {
   const name = `${namePrefix}_${randomSuffix()}`;
   const admin = postgres(baseUrl, { max: 1, onnotice: () => {} });
   try {
-    await admin.unsafe(`create database ${name}`);
+    await admin.unsafe(`create schema ${name}`);
   } finally {
     await admin.end();
   }
   const u = new URL(baseUrl);
-  u.pathname = `/${name}`;
+  u.searchParams.set("search_path", name);
   return {
     url: u.toString(),
     drop: async () => {
       const a = postgres(baseUrl, { max: 1, onnotice: () => {} });
       try {
-        await a.unsafe(`drop database if exists ${name} with (force)`);
+        // Everything that used it has stopped; a connection left in a transaction must not hang the run.
+        await a.unsafe(`set lock_timeout = '10s'`);
+        await a.unsafe(`drop schema if exists ${name} cascade`);
       } finally {
         await a.end();
       }
@@ -69,7 +76,7 @@ export interface StoreVariant {
 }
 
 /**
- * The stores a suite runs on: the embedded SQLite always, and PostgreSQL (a throwaway database
+ * The stores a suite runs on: the embedded SQLite always, and PostgreSQL (a throwaway schema
  * per suite) when DATABASE_URL is set — a missing one is reported by {@link engineUrl}.
  */
 export function storeVariants(suite: string): StoreVariant[] {
@@ -79,7 +86,7 @@ export function storeVariants(suite: string): StoreVariant[] {
     variants.push({
       name: "postgres",
       env: async () => {
-        const db = await createTestDatabase(base);
+        const db = await createTestSchema(base);
         return { env: { DATABASE_URL: db.url }, drop: db.drop };
       },
     });

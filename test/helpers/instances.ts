@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "./binary.ts";
 import { TestSocket } from "./city.ts";
-import { createTestDatabase, deleteLivingMapStream, deleteRedisKeys, engineUrl, randomSuffix } from "./engines.ts";
+import { createTestSchema, deleteLivingMapStream, deleteRedisKeys, engineUrl, randomSuffix } from "./engines.ts";
 
 export const pg = engineUrl("DATABASE_URL", "three instances");
 export const redis = engineUrl("REDIS_URL", "three instances");
@@ -75,7 +75,7 @@ export function useThreeInstances(work: string) {
 
   beforeAll(async () => {
     compiledBinary();
-    const db = await createTestDatabase(pg!);
+    const db = await createTestSchema(pg!);
     drop = db.drop;
     env = {
       DATABASE_URL: db.url, REDIS_URL: redis!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: nats!, NATS_SUBJECT_PREFIX: prefix, JWT_SECRET: SECRET,

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { MemoryBroker, MemoryNetwork } from "../../src/engine/broker/memory.ts";
-import { createTestDatabase, engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestSchema, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { startTestCity, testConfig, TestSocket, type TestCity } from "../helpers/city.ts";
 
 const pg = engineUrl("DATABASE_URL", "instances on postgres + nats");
@@ -32,7 +32,7 @@ if (pg && nats) {
   variants.push({
     name: "nats + postgres",
     make: async () => {
-      const db = await createTestDatabase(pg);
+      const db = await createTestSchema(pg);
       const env = { DATABASE_URL: db.url, NATS_URL: nats, NATS_SUBJECT_PREFIX: `t_${randomSuffix()}`, CITY_WRITE_RATE_PER_SECOND: "0" };
       const a = await startTestCity(env);
       const b = await startTestCity(env);

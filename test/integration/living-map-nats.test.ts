@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { connect, type NatsConnection } from "nats";
 import { MemoryBroker } from "../../src/engine/broker/memory.ts";
-import { createTestDatabase, engineUrl, randomSuffix } from "../helpers/engines.ts";
+import { createTestSchema, engineUrl, randomSuffix } from "../helpers/engines.ts";
 import { startTestCity, testConfig, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const natsUrl = engineUrl("NATS_URL", "living map on NATS");
@@ -133,7 +133,7 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
 
   test.skipIf(!databaseUrl)("JetStream on PostgreSQL: an event the store refuses (\\u0000 in jsonb) is counted and left out; the rest of its batch is stored and the consumer goes on", async () => {
     const prefix = `t_${randomSuffix()}`;
-    const db = await createTestDatabase(databaseUrl!);
+    const db = await createTestSchema(databaseUrl!);
     const city = await startTestCity({ NATS_URL: natsUrl!, NATS_SUBJECT_PREFIX: prefix, DATABASE_URL: db.url });
     try {
       const token = await city.token("u_nul");
