@@ -21,7 +21,7 @@ import { encodeRoomMessage } from "../src/engine/protocol.ts";
 import { merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { Command, Report, SocketPlan } from "./load/client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, buildProject, cpuSeconds, createBenchDatabase, deleteLivingMapStream, projectBinary, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, buildProject, cpuSeconds, createBenchSchema, deleteLivingMapStream, projectBinary, ROOT, spawnListening, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 type Config = "one" | "three-worker" | "three-main";
@@ -56,7 +56,7 @@ type Instance = ListeningProcess;
 
 /** Starts `n` binaries on one fresh database, one Redis prefix and one NATS prefix. */
 async function startCity(n: number, extraEnv: Record<string, string>): Promise<{ instances: Instance[]; stop(): Promise<void> }> {
-  const db = await createBenchDatabase();
+  const db = await createBenchSchema();
   const prefix = `bench_${Math.random().toString(36).slice(2, 8)}`;
   const dir = mkdtempSync(path.join(os.tmpdir(), "dc-bench-cluster-"));
   const instances: Instance[] = [];

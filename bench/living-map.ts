@@ -30,7 +30,7 @@ import { world } from "../src/simulate.ts";
 import { Histogram, merge, quantileMs, type HistogramData } from "./load/hist.ts";
 import type { MapCommand, MapReport } from "./load/map-client.ts";
 import { ClientProc, drain } from "./load/proc.ts";
-import { BENCH_SECRET, buildProject, cpuSeconds, createBenchDatabase, deleteLivingMapStream, projectBinary, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
+import { BENCH_SECRET, buildProject, cpuSeconds, createBenchSchema, deleteLivingMapStream, projectBinary, ROOT, rssBytes, spawnListening, threadCpu, type ListeningProcess } from "./servers.ts";
 import { writeSection } from "./render.ts";
 
 const quick = process.argv.includes("--quick");
@@ -56,7 +56,7 @@ interface City {
 async function makeCity(store: "postgres" | "sqlite"): Promise<City> {
   const prefix = `lmbench_${Math.random().toString(36).slice(2, 8)}`;
   const dataDir = mkdtempSync(path.join(os.tmpdir(), "dc-bench-lm-"));
-  const db = store === "postgres" ? await createBenchDatabase() : null;
+  const db = store === "postgres" ? await createBenchSchema() : null;
   const env = (extra: Record<string, string> = {}) => ({
     PORT: "0", HOST: "127.0.0.1", DATA_DIR: dataDir, JWT_SECRET: BENCH_SECRET, LOG_LEVEL: "info", NATS_URL, NATS_SUBJECT_PREFIX: prefix,
     LIVING_MAP_SOCKETS_PER_USER: "5", LIVING_MAP_SNAPSHOT_INTERVAL_MS: "0", ...(db ? { DATABASE_URL: db.url } : {}), ...extra,

@@ -6,7 +6,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { createTestDatabase, deleteLivingMapStream } from "../test/helpers/engines.ts";
+import { createTestSchema, deleteLivingMapStream } from "../test/helpers/engines.ts";
 import type { ServerKind } from "./load/client.ts";
 
 export const ROOT = path.join(import.meta.dir, "..");
@@ -56,7 +56,7 @@ export async function startServer(name: ServerName, extraEnv: Record<string, str
       Object.assign(env, extraEnv);
       if (process.env.BENCH_PROJECT_ENV) Object.assign(env, JSON.parse(process.env.BENCH_PROJECT_ENV));
       if (name === "project-postgres") {
-        const db = await createBenchDatabase();
+        const db = await createBenchSchema();
         env.DATABASE_URL = db.url;
         cleanups.push(db.drop);
       }
@@ -153,7 +153,7 @@ export async function readListening(stream: ReadableStream<Uint8Array>, name: st
 }
 
 /** A throwaway database next to DATABASE_URL's, for one measurement. */
-export const createBenchDatabase = () => createTestDatabase(process.env.DATABASE_URL!, "dc_bench");
+export const createBenchSchema = () => createTestSchema(process.env.DATABASE_URL!, "dc_bench");
 
 /** The Living Map's JetStream stream that binaries with a NATS_SUBJECT_PREFIX made (the tests' helper). */
 export { deleteLivingMapStream };
