@@ -3,7 +3,7 @@
  * them by their pid and never touches the shared services. PostgreSQL runs as the `postgres` user
  * from a throwaway data directory (initdb with --no-sync: half a second).
  */
-import { chownSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { chownSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Subprocess } from "bun";
@@ -27,6 +27,37 @@ export async function waitPort(port: number, up = true, ms = 10_000): Promise<vo
     if (open === up) return;
     if (Date.now() > end) throw new Error(`port ${port} did not ${up ? "open" : "close"} within ${ms} ms`);
     await Bun.sleep(25);
+  }
+}
+
+/** The pids of a process's children (from /proc; none when it has gone). */
+function childPids(pid: number): number[] {
+  const out: number[] = [];
+  try {
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      for (const c of readFileSync(`/proc/${pid}/task/${task}/children`, "utf8").split(" ")) if (c.trim()) out.push(Number(c));
+    }
+  } catch {
+    /* gone already */
+  }
+  return out;
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    /* gone already */
+  }
+}
+
+/** True while `pid` runs (a zombie, waiting to be reaped, no longer does). */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat[stat.lastIndexOf(")") + 2] !== "Z";
+  } catch {
+    return false;
   }
 }
 
@@ -57,10 +88,15 @@ function own(port: number, url: string, spawn: () => Subprocess, cleanup: () => 
       }
     },
     async stop() {
+      // Its children too: a PostgreSQL backend outlives a killed postmaster for a moment and
+      // would go on answering the connections it already has, so the outage would not be one.
+      const children = proc ? childPids(proc.pid) : [];
       proc?.kill("SIGKILL");
+      for (const pid of children) killQuietly(pid);
       await proc?.exited;
       proc = null;
       await waitPort(port, false);
+      while (children.some(alive)) await Bun.sleep(5);
     },
     async dispose() {
       if (proc) await e.stop();
