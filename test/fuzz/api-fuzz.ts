@@ -143,10 +143,9 @@ function suites(variants: ReturnType<typeof storeVariants>, part: "http" | "sock
 
       /** What any request could change. */
       const fingerprint = async () => {
-        const rooms = await city.store.listRooms({ limit: 200, offset: 0 });
+        // Side by side: on PostgreSQL the three go out in one pipelined write.
+        const [rooms, feed, sm] = await Promise.all([city.store.listRooms({ limit: 200, offset: 0 }), city.store.listFeed({ limit: 1 }), city.store.secondmeStats("u_fuzz")]);
         const seqs = await city.store.lastSeqs(rooms.map((r) => r.id));
-        const feed = await city.store.listFeed({ limit: 1 });
-        const sm = await city.store.secondmeStats("u_fuzz");
         return JSON.stringify([rooms.map((r) => [r.id, r.name, r.description]), [...seqs], feed[0]?.id, sm.messages, sm.sessions]);
       };
 
