@@ -96,7 +96,11 @@ function own(port: number, url: string, spawn: () => Subprocess, cleanup: () => 
       await proc?.exited;
       proc = null;
       await waitPort(port, false);
-      while (children.some(alive)) await Bun.sleep(5);
+      const end = Date.now() + 10_000;
+      while (children.some(alive)) {
+        if (Date.now() > end) throw new Error(`${url}: children ${children.filter(alive).join(", ")} still run 10 s after SIGKILL`);
+        await Bun.sleep(5);
+      }
     },
     async dispose() {
       if (proc) await e.stop();
