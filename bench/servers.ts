@@ -152,7 +152,7 @@ export async function readListening(stream: ReadableStream<Uint8Array>, name: st
   throw new Error(`${name} did not report listening: ${buf.slice(0, 500)}`);
 }
 
-/** A throwaway database next to DATABASE_URL's, for one measurement. */
+/** A throwaway schema in DATABASE_URL's database, for one measurement. */
 export const createBenchSchema = () => createTestSchema(process.env.DATABASE_URL!, "dc_bench");
 
 /** The Living Map's JetStream stream that binaries with a NATS_SUBJECT_PREFIX made (the tests' helper). */
