@@ -7,25 +7,28 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { binaryToken, startBinary, stopBinary } from "../helpers/binary.ts";
+import { binaryToken, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { TestSocket } from "../helpers/city.ts";
 import { createTestSchema, deleteRedisKeys, randomSuffix } from "../helpers/engines.ts";
 import { contiguous, lastSeq, pg, post, redis, ROOM, SECRET, seqs } from "../helpers/instances.ts";
-import { ownNats } from "../helpers/own-engines.ts";
+import { ownNats, type OwnEngine } from "../helpers/own-engines.ts";
 
 describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
   test("10 s without NATS: writes go on, and once it is back every socket on the other instance has every message, in order", async () => {
     const db = await createTestSchema(pg!);
     const prefix = `t_${randomSuffix()}`;
-    const natsServer = await ownNats();
-    const env = {
-      DATABASE_URL: db.url, REDIS_URL: redis!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: natsServer.url, JWT_SECRET: SECRET,
-      CITY_WRITE_RATE_PER_SECOND: "0", ROOM_POSITION_CHECK_MS: "1000",
-    };
     const work = mkdtempSync(path.join(tmpdir(), "dc-e2e-outage-"));
-    const [a, b] = [await startBinary({ ...env, DATA_DIR: mkdtempSync(path.join(work, "d-")) }, work), await startBinary({ ...env, DATA_DIR: mkdtempSync(path.join(work, "d-")) }, work)];
     const receivers: TestSocket[] = [];
+    const started: RunningBinary[] = [];
+    let natsServer: OwnEngine | null = null;
     try {
+      natsServer = await ownNats();
+      const env = {
+        DATABASE_URL: db.url, REDIS_URL: redis!, REDIS_KEY_PREFIX: `${prefix}:`, NATS_URL: natsServer.url, JWT_SECRET: SECRET,
+        CITY_WRITE_RATE_PER_SECOND: "0", ROOM_POSITION_CHECK_MS: "1000",
+      };
+      for (let i = 0; i < 2; i++) started.push(await startBinary({ ...env, DATA_DIR: mkdtempSync(path.join(work, "d-")) }, work));
+      const [a, b] = started as [RunningBinary, RunningBinary];
       for (let i = 0; i < 3; i++) receivers.push(await TestSocket.open(`${b.wsUrl}/ws/city/rooms/${ROOM}`));
       const t = binaryToken(env, "u_outage");
       const start = (await lastSeq(a)) + 1;
@@ -62,9 +65,8 @@ describe.skipIf(!pg || !redis)("a NATS outage under load", () => {
       }
     } finally {
       for (const r of receivers) r.close();
-      await stopBinary(a);
-      await stopBinary(b);
-      await natsServer.dispose();
+      for (const r of started) await stopBinary(r);
+      await natsServer?.dispose();
       await db.drop();
       await deleteRedisKeys(redis!, `${prefix}:`);
       rmSync(work, { recursive: true, force: true });

@@ -55,7 +55,10 @@ export interface RunningBinary {
   env: Record<string, string>;
 }
 
-/** Starts the binary with `env` in a fresh working directory and waits for its "listening" line. */
+/**
+ * Starts the binary with `env` in a fresh working directory and waits for its "listening" line.
+ * @throws Error when it exits first or does not listen within 15 s (it is killed before the throw)
+ */
 export async function startBinary(env: Record<string, string>, workDir = mkdtempSync(path.join(tmpdir(), "dc-bin-"))): Promise<RunningBinary> {
   const binary = compiledBinary();
   const cwd = mkdtempSync(path.join(workDir, "cwd-"));
@@ -88,6 +91,11 @@ export async function startBinary(env: Record<string, string>, workDir = mkdtemp
   try {
     const url = await listening.promise;
     return { proc, url, wsUrl: url.replace("http", "ws"), lines, env: fullEnv };
+  } catch (err) {
+    // One that never listened is nobody's to stop: it must not outlive the failed start.
+    proc.kill("SIGKILL");
+    await proc.exited;
+    throw err;
   } finally {
     clearTimeout(timer);
   }
