@@ -143,7 +143,7 @@ function suites(variants: ReturnType<typeof storeVariants>, part: "http" | "sock
 
       /** What any request could change. */
       const fingerprint = async () => {
-        // Side by side: on PostgreSQL the three go out in one pipelined write.
+        // The three are independent reads: side by side, not one round trip after another.
         const [rooms, feed, sm] = await Promise.all([city.store.listRooms({ limit: 200, offset: 0 }), city.store.listFeed({ limit: 1 }), city.store.secondmeStats("u_fuzz")]);
         const seqs = await city.store.lastSeqs(rooms.map((r) => r.id));
         return JSON.stringify([rooms.map((r) => [r.id, r.name, r.description]), [...seqs], feed[0]?.id, sm.messages, sm.sessions]);

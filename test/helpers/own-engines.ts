@@ -65,7 +65,10 @@ function alive(pid: number): boolean {
 export interface OwnEngine {
   url: string;
   port: number;
-  /** Stops it (SIGKILL: an outage, not a goodbye) and waits until the port is closed. */
+  /**
+   * Stops it and its children (SIGKILL: an outage, not a goodbye) and waits until the port is
+   * closed and the children are gone. @throws Error when a child still runs 10 s later
+   */
   stop(): Promise<void>;
   /** Starts it again on the same port (and data) and waits until it accepts connections. */
   start(): Promise<void>;
