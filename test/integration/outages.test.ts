@@ -5,7 +5,7 @@
  * own file (presence-redis-fault.test.ts).
  */
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { startTestCity, testConfig, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
@@ -103,7 +103,7 @@ function canMount(): boolean {
 }
 
 describe.skipIf(!canMount())("SQLite with a full disk", () => {
-  test("writes answer 503 store_unavailable and /readyz says not ready, while reads go on", async () => {
+  test("writes answer 503 store_unavailable and /readyz says not ready, while reads go on; freed space brings them back", async () => {
     const dir = mkdtempSync(path.join(tmpdir(), "dc-full-"));
     expect(Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", dir]).exitCode).toBe(0);
     let city: TestCity | null = null;
@@ -112,15 +112,27 @@ describe.skipIf(!canMount())("SQLite with a full disk", () => {
       city = await startTestCity({}, { config });
       const token = await city.token("u_full");
       expect((await city.http("/readyz")).status).toBe(200);
+      // Most of the free space taken by a file beside the database, so a few writes fill the rest
+      // (not a thousand 3 KB messages one after another).
+      const free = statfsSync(dir);
+      writeFileSync(path.join(dir, "filler"), Buffer.alloc(Math.max(0, free.bavail * free.bsize - 64 * 1024)));
       let status = 201;
+      let written = 0;
       for (let i = 0; i < 2000 && status === 201; i++) {
         status = (await city.http(`/city/rooms/${ROOM}/messages`, { method: "POST", token, json: { body: `${i} ${"x".repeat(3000)}` } })).status;
+        if (status === 201) written++;
       }
       expect(status).toBe(503);
+      expect(written).toBeGreaterThan(0); // the city wrote until the disk was full, not from the start
       const res = await json(await city.http("/readyz"));
       expect(res).toMatchObject({ status: 503, body: { status: "not_ready", engines: { store: { state: "down" } } } });
       expect(res.body.engines.store.detail).toMatch(/full/i);
       expect((await city.http(`/city/rooms/${ROOM}/messages?limit=1`)).status).toBe(200);
+      // Space freed: writes are taken again and the city is ready (and what the living map queued
+      // for its history meanwhile goes through, so the stop has nothing left to wait for).
+      rmSync(path.join(dir, "filler"));
+      expect((await city.http(`/city/rooms/${ROOM}/messages`, { method: "POST", token, json: { body: "room again" } })).status).toBe(201);
+      expect((await city.http("/readyz")).status).toBe(200);
     } finally {
       await city?.dispose();
       Bun.spawnSync(["umount", "-l", dir]);
