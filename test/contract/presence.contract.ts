@@ -59,6 +59,26 @@ export function presenceContract(name: string, harness: PresenceHarness | null):
       expect(await m.isOnline(uid("never"))).toBe(false);
     });
 
+    test("the online count is the number of online users, an expired one left out without a sweep", async () => {
+      const m = await h.instance();
+      const a = uid("count");
+      const b = uid("count");
+      m.heartbeat(a);
+      m.heartbeat(b);
+      await m.flush();
+      const all = await m.getAllOnline();
+      expect(all).toEqual(expect.arrayContaining([a, b]));
+      expect(await m.getOnlineCount()).toBe(all.length);
+      await h.advance(TTL_MS / 2);
+      m.heartbeat(a);
+      await m.flush();
+      await h.advance(TTL_MS / 2 + 100);
+      const later = await m.getAllOnline();
+      expect(later).toContain(a);
+      expect(later).not.toContain(b);
+      expect(await m.getOnlineCount()).toBe(later.length);
+    });
+
     test("heartbeats from many users are written in one round trip per flush", async () => {
       const m = await h.instance();
       const before = m.stats.flushes;
