@@ -25,7 +25,7 @@ export interface PostgresStoreOptions {
  * 20 s, where the spec has the city whole again within 5 s. Ten connections retrying once a
  * second is no load on a server coming up.
  */
-export function reconnectDelaySeconds(attempt: number): number {
+function reconnectDelaySeconds(attempt: number): number {
   return Math.min(0.05 * 2 ** attempt, 1) * (0.5 + Math.random() / 2);
 }
 
