@@ -47,8 +47,8 @@ export class Hub {
   private readonly drainWaiters = new Map<AnySocket, (() => void)[]>();
   private readonly clock: Clock;
   private readonly scheduler: Scheduler;
-  /** Sockets closed by the hub, by reason; for /metrics. */
-  readonly stats = { slowConsumersClosed: 0, tokensExpired: 0 };
+  /** Sockets closed by the hub, by reason (for /metrics), and sweeps run (a test waits on them instead of a sleep). */
+  readonly stats = { slowConsumersClosed: 0, tokensExpired: 0, sweeps: 0 };
 
   constructor(private readonly opts: HubOptions) {
     this.clock = opts.clock ?? systemClock;
@@ -131,6 +131,7 @@ export class Hub {
 
   /** One backpressure and token-expiry pass over every socket; public for tests. */
   sweep(): void {
+    this.stats.sweeps++;
     const cap = this.opts.maxBufferedBytes;
     const now = this.clock.now();
     for (const ws of this.sockets) {

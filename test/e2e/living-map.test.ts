@@ -13,6 +13,7 @@ import { connect, type NatsConnection } from "nats";
 import postgres from "postgres";
 import { binaryToken, compiledBinary, startBinary, stopBinary, type RunningBinary } from "../helpers/binary.ts";
 import { TestSocket, waitFor } from "../helpers/city.ts";
+import { defaultLivingMapConsumer, defaultLivingMapStream } from "../../src/config.ts";
 import { createTestSchema, deleteLivingMapStream, engineUrl, randomSuffix } from "../helpers/engines.ts";
 
 const pg = engineUrl("DATABASE_URL", "living map binary");
@@ -126,7 +127,14 @@ describe.skipIf(!pg || !natsUrl)("living map on the compiled binary", () => {
       const second = await startBinary(env, work);
       runs.push(second);
       await waitFor(async () => Number((await sql`select count(*)::int as n from living_map_history`)[0]!.n), (n) => n >= N, 15_000);
-      await Bun.sleep(1500); // another ack wait: a second delivery of the batch would show as a duplicate now
+      // Every message of the stream acknowledged and none waiting or in flight: none can come back
+      // as a second delivery (what a sleep past another ack wait used to stand for).
+      const jsm = await nc.jetstreamManager();
+      await waitFor(
+        () => jsm.consumers.info(defaultLivingMapStream(prefix), defaultLivingMapConsumer(prefix)),
+        (c) => c.num_pending === 0 && c.num_ack_pending === 0 && c.delivered.stream_seq >= N,
+        10_000,
+      );
       const rows = await sql<{ i: number; n: number }[]>`select (payload->>'i')::int as i, count(*)::int as n from living_map_history group by 1 order by 1`;
       expect(rows.map((r) => r.i)).toEqual(Array.from({ length: N }, (_, i) => i));
       expect(rows.every((r) => r.n === 1)).toBe(true);

@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
 import { storeVariants } from "../helpers/engines.ts";
-import { startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
+import { startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 import type { Logger } from "../../src/log.ts";
 
 const variants = storeVariants("hostile input");
@@ -225,9 +225,11 @@ for (const variant of variants) {
         }),
       );
       // ~10 MB (more than the kernel's socket buffers) to replay through a 64 KiB send buffer, to a
-      // client that stops reading for 2.5 s
+      // client that stops reading through six backpressure sweeps: a live consumer over its cap is
+      // closed at its second. Counted, not slept: a sleep on a loaded machine may span fewer.
       const slow = await slowSocket(city.port, `/ws/city/rooms/${room}?since=${first}`);
-      await Bun.sleep(2500);
+      const swept = city.hub.stats.sweeps;
+      await waitFor(() => city.hub.stats.sweeps, (n) => n >= swept + 6, 10_000);
       const got = await slow.resumeUntil((frames) => frames.filter((f) => f.event === "room.message").length >= N);
       expect(got.close).toBeNull();
       const replayed = got.frames.filter((f) => f.event === "room.message");

@@ -180,7 +180,8 @@ describe.skipIf(!natsUrl)("living map on NATS", () => {
       const [ea, eb] = [await sa.next((f) => f.kind === "event"), await sb.next((f) => f.kind === "event")];
       expect(ea.id).toBe(eb.id);
       const items = await waitFor(() => history(a, token), (i) => i.length >= 1, 5000);
-      await Bun.sleep(100); // both instances' writers (25 ms batches) have run
+      // Each instance queued the event for the log when it sent it to its socket: both have written it now.
+      await Promise.all([a.livingMap.flushHistory(), b.livingMap.flushHistory()]);
       expect((await history(a, token)).filter((e) => e.payload.agent_id === "twin").length).toBe(1);
       expect(items[0]).toMatchObject({ id: ea.id, source: "nats" });
       sa.close();

@@ -126,8 +126,11 @@ describe("living map upstreams", () => {
   test("the circuit breaker stops calling an upstream that keeps failing", async () => {
     await waitFor(sources, (x: any) => /circuit open/.test(x["dao-service"].error ?? ""), 8000);
     const at = hits.dao;
-    // two more refresh rounds (every second) inside the 3 s the breaker stays open: no request reaches it
-    await Bun.sleep(2100);
+    const rounds = () => city.livingMap.upstreamStats.get("space-service")!.ok;
+    const from = rounds();
+    // two more refresh rounds (every second; the healthy space-service answers once in each)
+    // inside the 3 s the breaker stays open: no request reaches dao-service
+    await waitFor(rounds, (n) => n >= from + 2, 8000);
     expect(hits.dao).toBeLessThanOrEqual(at + 1); // at most the one attempt a half-open breaker lets through
     expect(hits.dao).toBeLessThan(at + 4);
   });

@@ -407,6 +407,16 @@ export class LivingMapService {
 
   // ---- the log without JetStream ---------------------------------------------------------
 
+  /**
+   * Writes what this instance has queued for `living_map_history` now, without waiting for the
+   * next batch (core NATS or the in-process bus; with JetStream the durable consumer writes, and
+   * nothing is queued here). Resolves when the queue is empty; while the store refuses writes it
+   * keeps retrying once a second, so it resolves only once the store is back. Never rejects.
+   */
+  flushHistory(): Promise<void> {
+    return this.flushWrites().catch(() => {});
+  }
+
   private queueWrite(e: LivingMapEventWrite): void {
     if (this.writeQueue.length >= WRITE_QUEUE_MAX) {
       this.writeQueue.shift();
