@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
-import { refusedUpgrade, startTestCity, testConfig, TestSocket } from "../helpers/city.ts";
+import { refusedUpgrade, startTestCity, testConfig, TestSocket, waitFor } from "../helpers/city.ts";
 
 describe("lifecycle (embedded default)", () => {
   test("messages survive a restart and default rooms are seeded once", async () => {
@@ -96,7 +96,7 @@ describe("lifecycle: the stop, step by step", () => {
       // A raw request whose body never finishes: the server waits for it.
       const tcp = await Bun.connect({ hostname: "127.0.0.1", port: city.port, socket: { data() {} } });
       tcp.write("POST /city/rooms HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na");
-      await Bun.sleep(50);
+      await waitFor(() => city.server.pendingRequests, (n) => n === 1); // the server is in it, waiting for the rest
       const t0 = performance.now();
       expect(await city.stop()).toBe(false);
       const ms = performance.now() - t0;

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
 import { deleteRedisKeys, engineUrl, randomSuffix } from "../helpers/engines.ts";
-import { advanceSweeping, heartbeatWritten, heartbeating, refusedUpgrade, serverRead, startTestCity, TestSocket, type TestCity } from "../helpers/city.ts";
+import { advanceSweeping, heartbeatWritten, heartbeating, refusedUpgrade, serverRead, startTestCity, TestSocket, waitFor, type TestCity } from "../helpers/city.ts";
 
 const redis = engineUrl("REDIS_URL", "presence socket on redis");
 const variants: { name: string; env: Record<string, string> }[] = [{ name: "in-process", env: {} }];
@@ -177,9 +177,10 @@ describe("presence.update storm guard", () => {
       opened.push(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${await city.token("u_c")}`)));
       await a.next((f) => f.type === "room.presence" && f.room_slug === "general" && f.online_count === 1);
       expect(a.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_c")).toEqual([]);
+      const open = city.server.pendingWebSockets;
       c.close(); // two listeners again: within the limit
       await c.waitClosed();
-      await Bun.sleep(50);
+      await waitFor(() => city.server.pendingWebSockets, (n) => n === open - 1); // the server's close handler ran
       const e = await TestSocket.open(city.wsUrl(`/ws/city/presence?events=counts&token=${await city.token("u_e")}`));
       opened.push(e);
       await e.next((f) => f.type === "snapshot");
