@@ -177,10 +177,10 @@ describe("presence.update storm guard", () => {
       opened.push(await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${await city.token("u_c")}`)));
       await a.next((f) => f.type === "room.presence" && f.room_slug === "general" && f.online_count === 1);
       expect(a.frames.filter((f) => f.event === "presence.update" && f.user_id === "u_c")).toEqual([]);
-      const open = city.server.pendingWebSockets;
+      const open = city.hub.socketCount();
       c.close(); // two listeners again: within the limit
       await c.waitClosed();
-      await waitFor(() => city.server.pendingWebSockets, (n) => n === open - 1); // the server's close handler ran
+      await waitFor(() => city.hub.socketCount(), (n) => n === open - 1); // the server's close handler ran (it untracks last)
       const e = await TestSocket.open(city.wsUrl(`/ws/city/presence?events=counts&token=${await city.token("u_e")}`));
       opened.push(e);
       await e.next((f) => f.type === "snapshot");

@@ -150,7 +150,7 @@ export class LivingMapService {
   async close(): Promise<void> {
     for (const t of this.timers) t.cancel();
     for (const s of this.stops.splice(0)) s();
-    await this.flushWrites().catch(() => {});
+    await this.flushHistory();
     if (this.o.snapshotIntervalMs > 0) await this.saveSnapshot().catch(() => {});
   }
 
