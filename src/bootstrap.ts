@@ -97,7 +97,8 @@ export interface CityInstance {
 
 /**
  * The store the configuration names: PostgreSQL with DATABASE_URL, else SQLite in DATA_DIR.
- * @param log where SQLite says it moved its writes to the writer thread (SQLITE_WRITER=auto)
+ * @param log where SQLite says it moved its writes to the writer thread (SQLITE_WRITER=auto), and
+ *   PostgreSQL that its commit thread failed (POSTGRES_COMMIT=caller)
  * @throws Error when the store cannot be opened (a bad DATA_DIR, a malformed URL)
  */
 export async function openStore(config: Config, log?: Logger): Promise<Store> {
@@ -108,7 +109,10 @@ export async function openStore(config: Config, log?: Logger): Promise<Store> {
     });
   }
   const { PostgresStore } = await import("./storage/postgres.ts");
-  return new PostgresStore({ url: config.databaseUrl, poolMax: config.databasePoolMax });
+  return new PostgresStore({
+    url: config.databaseUrl, poolMax: config.databasePoolMax, commit: config.postgresCommit,
+    onCommitThreadFailed: (why) => log?.error(`store: ${why}`),
+  });
 }
 
 /** The presence manager the configuration names: Redis with REDIS_URL, else in-process. */

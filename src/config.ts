@@ -19,6 +19,7 @@ export interface Config {
   /** PostgreSQL URL; `null` selects the embedded SQLite store. */
   databaseUrl: string | null;
   databasePoolMax: number;
+  postgresCommit: "caller" | "pool";
   /** `FULL` fsyncs every commit (acknowledged = on disk); `NORMAL` survives process crashes only. */
   sqliteSynchronous: "FULL" | "NORMAL";
   sqliteWriter: "auto" | "inline" | "thread";
@@ -223,6 +224,11 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     parse: optionalUrl(["postgres:", "postgresql:"]),
   },
   { env: "DATABASE_POOL_MAX", key: "databasePoolMax", type: "integer 1..200", fallback: "10", doc: "PostgreSQL connections per process.", parse: int(1, 200) },
+  {
+    env: "POSTGRES_COMMIT", key: "postgresCommit", type: "caller or pool", fallback: "caller",
+    doc: "Where PostgreSQL message appends commit: caller (what every room received in one turn of the event loop goes to a commit thread in one transaction, and the loop waits for its answer, at most 10 ms, then publishes at once; a slower commit is read when it comes) or pool (through the connection pool, the answer read when the event loop gets to it).",
+    parse: oneOf(["caller", "pool"] as const),
+  },
   {
     env: "SQLITE_SYNCHRONOUS", key: "sqliteSynchronous", type: "FULL or NORMAL", fallback: "FULL",
     doc: "Embedded store durability: FULL fsyncs each commit, NORMAL survives a process crash but not a power cut.",

@@ -174,9 +174,10 @@ export interface Store {
   readonly appendsInOrder: boolean;
   /**
    * Whether an append commits synchronously on the calling thread, blocking the event loop for
-   * the commit and its fsync (SQLite's inline writer); may change while the store runs (an `auto`
-   * SQLite store moves to its writer thread). The message writer then gathers one loop turn's
-   * messages into each commit.
+   * the commit and its fsync (SQLite's inline writer; PostgreSQL's commit thread, which the loop
+   * waits for at most 10 ms); may change while the store runs (an `auto` SQLite store moves to its
+   * writer thread, a PostgreSQL store whose commit thread failed goes back to its pool). The
+   * message writer then gathers one loop turn's messages into each commit.
    */
   readonly commitsOnCaller: boolean;
 
