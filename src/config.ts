@@ -19,6 +19,7 @@ export interface Config {
   /** PostgreSQL URL; `null` selects the embedded SQLite store. */
   databaseUrl: string | null;
   databasePoolMax: number;
+  /** Where PostgreSQL message appends commit (POSTGRES_COMMIT): on the commit thread the event loop waits for, or through the pool. */
   postgresCommit: "caller" | "pool";
   /** `FULL` fsyncs every commit (acknowledged = on disk); `NORMAL` survives process crashes only. */
   sqliteSynchronous: "FULL" | "NORMAL";

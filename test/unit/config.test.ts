@@ -6,7 +6,7 @@ describe("loadConfig", () => {
   test("no environment gives the embedded defaults", () => {
     const c = loadConfig({});
     expect(c).toMatchObject({
-      host: "0.0.0.0", port: 7001, databaseUrl: null, natsUrl: null, jwtSecret: null, sqliteSynchronous: "FULL",
+      host: "0.0.0.0", port: 7001, databaseUrl: null, natsUrl: null, jwtSecret: null, sqliteSynchronous: "FULL", postgresCommit: "caller",
       defaultRooms: ["general", "welcome", "builders", "science", "energy"], wsMaxFrameBytes: 32768, logLevel: "info",
     });
     expect(c.dataDir).toBe(path.resolve("./data"));
@@ -15,9 +15,11 @@ describe("loadConfig", () => {
   test("values are parsed and typed", () => {
     const c = loadConfig({
       PORT: "8080", DATABASE_URL: "postgres://u@h:5432/db", CITY_DEFAULT_ROOMS: " general , lab-1,general ", LOG_LEVEL: "DEBUG",
-      NATS_URL: "nats://a:4222,nats://b:4222", JWT_SECRET: "s".repeat(32), SQLITE_SYNCHRONOUS: "normal",
+      NATS_URL: "nats://a:4222,nats://b:4222", JWT_SECRET: "s".repeat(32), SQLITE_SYNCHRONOUS: "normal", POSTGRES_COMMIT: "Pool",
     });
-    expect(c).toMatchObject({ port: 8080, databaseUrl: "postgres://u@h:5432/db", defaultRooms: ["general", "lab-1"], logLevel: "debug", sqliteSynchronous: "NORMAL" });
+    expect(c).toMatchObject({
+      port: 8080, databaseUrl: "postgres://u@h:5432/db", defaultRooms: ["general", "lab-1"], logLevel: "debug", sqliteSynchronous: "NORMAL", postgresCommit: "pool",
+    });
   });
 
   test("an empty CITY_DEFAULT_ROOMS means the default list (seed 000 §8)", () => {
@@ -33,6 +35,7 @@ describe("loadConfig", () => {
     [{ CITY_DEFAULT_ROOMS: "general,Bad Room" }, 'config: CITY_DEFAULT_ROOMS must be slugs matching ^[a-z0-9][a-z0-9_-]{0,62}$, got "general,Bad Room"'],
     [{ JWT_SECRET: "short" }, 'config: JWT_SECRET must be at least 32 characters, got "shor…(5 chars)"'],
     [{ LOG_LEVEL: "loud" }, 'config: LOG_LEVEL must be one of debug, info, warn, error, got "loud"'],
+    [{ POSTGRES_COMMIT: "thread" }, 'config: POSTGRES_COMMIT must be one of caller, pool, got "thread"'],
     [{ NATS_SUBJECT_PREFIX: "a..b" }, 'config: NATS_SUBJECT_PREFIX must be dot-separated tokens of [A-Za-z0-9_-], got "a..b"'],
     [{ JWT_PUBLIC_KEY: "abc" }, 'config: JWT_PUBLIC_KEY must be a PEM public key (-----BEGIN PUBLIC KEY-----), got "abc"'],
   ];
