@@ -91,6 +91,7 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
   mirror("daarion_city_presence_flushes_total", "Presence round trips (one per flush tick with work)", () => deps.presence.stats.flushes);
   mirror("daarion_city_presence_heartbeats_total", "Heartbeats written (after per-tick deduplication)", () => deps.presence.stats.heartbeats);
   mirror("daarion_city_presence_flush_failures_total", "Presence flushes that failed (backend unreachable)", () => deps.presence.stats.flushFailures);
+  mirror("daarion_city_presence_expiry_sweeps_total", "Presence expiry script calls (a sweep makes one per 1,000 expiries, at least one)", () => deps.presence.stats.expirySweeps);
   gauge("daarion_city_presence_pending", "Presence operations waiting for the next flush", () => deps.presence.pendingCount());
   gauge("daarion_city_presence_up", "1 when the presence backend answers", () => (deps.presence.state() === "up" ? 1 : 0));
   mirror("daarion_city_sockets_closed_slow_total", "Sockets closed with 4008 (slow consumer)", () => deps.hub.stats.slowConsumersClosed);

@@ -8,6 +8,14 @@ import { post, ready, ROOM, useThreeInstances, workDir } from "../helpers/instan
 
 const work = workDir();
 
+/** An instance's `daarion_city_presence_expiry_sweeps_total` (expiry script calls so far). */
+async function expirySweeps(url: string): Promise<number> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const m = /^daarion_city_presence_expiry_sweeps_total (\d+)$/m.exec(text);
+  if (!m) throw new Error("no daarion_city_presence_expiry_sweeps_total in /metrics");
+  return Number(m[1]);
+}
+
 describe.skipIf(!ready)("three instances: one killed", () => {
   const { runs, open, token } = useThreeInstances(work);
 
@@ -51,7 +59,20 @@ describe.skipIf(!ready)("three instances: one killed", () => {
     const offline = await watcher.next((f) => f.event === "presence.update" && f.user_id === user && f.status === "offline", 8000);
     expect(offline).toBeTruthy();
     expect(Date.now() - killedAt).toBeLessThan(3000 + 200 + 1500);
-    await Bun.sleep(500);
+    // Nothing more for that user, proved by sentinels rather than a pause: on each surviving
+    // instance, once a whole expiry call has started after the offline arrived (its sweep counter
+    // moved twice; a sweep reports what it expired in the same turn it counts the call), a sentinel
+    // user's online is published there, after anything that sweep reported; the watcher's instance
+    // hands both on in order.
+    for (const [i, run] of [runs[0]!, runs[2]!].entries()) {
+      const at = await expirySweeps(run.url);
+      await waitFor(() => expirySweeps(run.url), (n) => n >= at + 2, 10_000);
+      const sentinel = `u_kill_sentinel${i}`;
+      const s = await open(run, `/ws/city/presence?token=${token(sentinel)}`);
+      await s.next((f) => f.type === "snapshot");
+      s.send({ event: "presence.heartbeat", user_id: sentinel });
+      await watcher.next((f) => f.event === "presence.update" && f.user_id === sentinel && f.status === "online", 5000);
+    }
     expect(watcher.frames.filter((f) => f.event === "presence.update" && f.user_id === user).map((f) => f.status)).toEqual(["online", "offline"]);
   }, 60_000);
 });
