@@ -31,6 +31,8 @@ export interface PostgresStoreOptions {
   callerWaitMs?: number;
   /** `caller`: called when the commit thread fails, with why; appends go through the pool from then on. */
   onCommitThreadFailed?: (why: string) => void;
+  /** `caller`: the commit thread's entry for `new Worker` (default: `postgres-committer.worker.ts`; tests give one that fails). */
+  commitThreadEntry?: string;
 }
 
 type Ts = Date | string;
@@ -53,7 +55,7 @@ export class PostgresStore implements Store {
   constructor(opts: PostgresStoreOptions) {
     this.sql = postgres(opts.url, connectionOptions(opts.poolMax ?? 10));
     this.migrations = opts.migrations ?? POSTGRES_MIGRATIONS;
-    this.committer = (opts.commit ?? "caller") === "caller" ? new CommitThread(opts.url, opts.callerWaitMs ?? CALLER_WAIT_MS, opts.onCommitThreadFailed) : null;
+    this.committer = (opts.commit ?? "caller") === "caller" ? new CommitThread(opts.url, opts.callerWaitMs ?? CALLER_WAIT_MS, opts.commitThreadEntry ?? COMMITTER_SPECIFIER, opts.onCommitThreadFailed) : null;
   }
 
   async migrate(): Promise<string[]> {
@@ -370,8 +372,8 @@ class CommitThread {
     return this.pending.size > 0;
   }
 
-  constructor(url: string, private readonly waitMs: number, private readonly onFailed?: (why: string) => void) {
-    this.worker = new Worker(COMMITTER_SPECIFIER);
+  constructor(url: string, private readonly waitMs: number, entry: string, private readonly onFailed?: (why: string) => void) {
+    this.worker = new Worker(entry);
     this.worker.onmessage = (e: MessageEvent) => {
       const r = e.data as { id: number; ok: boolean; result?: number[]; error?: string; code?: string };
       const p = this.pending.get(r.id);

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import postgres from "postgres";
 import { POSTGRES_MIGRATIONS } from "../../src/storage/migrations.ts";
 import { PostgresStore, type PostgresStoreOptions } from "../../src/storage/postgres.ts";
+import { waitFor } from "../helpers/city.ts";
 import { createTestSchema, engineUrl } from "../helpers/engines.ts";
 import { message, room, storeContract, writes } from "./store.contract.ts";
 
@@ -71,6 +72,31 @@ describe.skipIf(base === null)("PostgresStore, commit on the caller: a commit th
     expect(await first).toBe(1);
     for (const [r, body] of [[held, "waits"], [free, "goes by"]] as const) {
       expect((await store.listMessages(r.id, { limit: 10 })).map((m) => [m.seq, m.body])).toEqual([[1, body]]);
+    }
+  });
+});
+
+describe.skipIf(base === null)("PostgresStore, commit on the caller: a commit thread that fails", () => {
+  test("leaves the appends to the pool from then on, and says so once", async () => {
+    const db = await createTestSchema(base!);
+    const failures: string[] = [];
+    const store = new PostgresStore({
+      url: db.url, poolMax: 2, commit: "caller", commitThreadEntry: new URL("../helpers/failing.worker.ts", import.meta.url).href,
+      onCommitThreadFailed: (why) => failures.push(why),
+    });
+    try {
+      await store.migrate();
+      const r = room(`failed_${Math.random().toString(36).slice(2, 8)}`);
+      await store.createRoom(r, { messages: [], events: [] });
+      await waitFor(() => failures.length, (n) => n > 0, 5000);
+      expect(store.commitsOnCaller).toBe(false);
+      expect(await store.appendMessages(r.id, writes([message(r.id, "via the pool")]))).toBe(1);
+      expect(await store.appendMessagesMany([{ roomId: r.id, batch: writes([message(r.id, "and again")]) }])).toEqual([2]);
+      expect((await store.listMessages(r.id, { limit: 10 })).map((m) => m.body)).toEqual(["via the pool", "and again"]);
+      expect(failures).toEqual([expect.stringContaining("message appends go through the pool from now on")]);
+    } finally {
+      await store.close();
+      await db.drop();
     }
   });
 });
