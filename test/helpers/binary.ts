@@ -3,7 +3,7 @@
  * `build` script (cached in the temp directory by a hash of src/, migrations/ and package.json, so
  * several e2e files share one build), then started as real processes on port 0.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import type { Subprocess } from "bun";
@@ -21,6 +21,23 @@ function sources(dir: string): string[] {
 }
 
 let built: string | null = null;
+
+/** A build for other sources is removed once it is this old, ms (each is ~130 MB; a run that uses one lasts minutes). */
+const STALE_BUILD_MS = 3600_000;
+
+/** Removes the cached builds of other source trees older than {@link STALE_BUILD_MS}. */
+function pruneStaleBuilds(keep: string): void {
+  for (const name of readdirSync(tmpdir())) {
+    if (!name.startsWith("dc-binary-")) continue;
+    const dir = path.join(tmpdir(), name);
+    if (dir === keep) continue;
+    try {
+      if (Date.now() - statSync(dir).mtimeMs > STALE_BUILD_MS) rmSync(dir, { recursive: true, force: true });
+    } catch {
+      /* another run removed it first */
+    }
+  }
+}
 
 /** Path of the compiled binary for the current sources (builds it when missing). */
 export function compiledBinary(): string {
@@ -41,6 +58,7 @@ export function compiledBinary(): string {
     if (build.exitCode !== 0) throw new Error(`build failed: ${build.stderr.toString()}`);
     // Atomic: a concurrent run never starts a half-written file.
     renameSync(tmp, binary);
+    pruneStaleBuilds(dir);
   }
   built = binary;
   return binary;
@@ -52,6 +70,8 @@ export interface RunningBinary {
   wsUrl: string;
   /** Every JSON log line so far (stdout and stderr). */
   lines: string[];
+  /** The working directory startBinary made itself (none given): {@link stopBinary} removes it. */
+  ownDir?: string;
   env: Record<string, string>;
 }
 
@@ -59,8 +79,9 @@ export interface RunningBinary {
  * Starts the binary with `env` in a fresh working directory and waits for its "listening" line.
  * @throws Error when it exits first or does not listen within 15 s (it is killed before the throw)
  */
-export async function startBinary(env: Record<string, string>, workDir = mkdtempSync(path.join(tmpdir(), "dc-bin-"))): Promise<RunningBinary> {
+export async function startBinary(env: Record<string, string>, given?: string): Promise<RunningBinary> {
   const binary = compiledBinary();
+  const workDir = given ?? mkdtempSync(path.join(tmpdir(), "dc-bin-"));
   const cwd = mkdtempSync(path.join(workDir, "cwd-"));
   const fullEnv = { PATH: process.env.PATH ?? "", PORT: "0", HOST: "127.0.0.1", ...env };
   const proc = Bun.spawn([binary, "serve"], { cwd, env: fullEnv, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
@@ -90,11 +111,12 @@ export async function startBinary(env: Record<string, string>, workDir = mkdtemp
   const timer = setTimeout(() => listening.reject(new Error(`binary did not start within 15 s:\n${lines.join("\n")}`)), 15_000);
   try {
     const url = await listening.promise;
-    return { proc, url, wsUrl: url.replace("http", "ws"), lines, env: fullEnv };
+    return { proc, url, wsUrl: url.replace("http", "ws"), lines, env: fullEnv, ...(given === undefined ? { ownDir: workDir } : {}) };
   } catch (err) {
     // One that never listened is nobody's to stop: it must not outlive the failed start.
     proc.kill("SIGKILL");
     await proc.exited;
+    if (given === undefined) rmSync(workDir, { recursive: true, force: true });
     throw err;
   } finally {
     clearTimeout(timer);
@@ -108,10 +130,12 @@ export function binaryToken(env: Record<string, string>, user: string): string {
   return out.stdout.toString().trim();
 }
 
-/** SIGTERM and the exit code, with how long the stop took. */
+/** SIGTERM and the exit code, with how long the stop took; removes the working directory startBinary made. */
 export async function stopBinary(r: RunningBinary, signal: "SIGTERM" | "SIGKILL" = "SIGTERM"): Promise<{ code: number | null; ms: number }> {
   const t0 = Date.now();
   r.proc.kill(signal);
   const code = await r.proc.exited;
-  return { code, ms: Date.now() - t0 };
+  const ms = Date.now() - t0;
+  if (r.ownDir) rmSync(r.ownDir, { recursive: true, force: true });
+  return { code, ms };
 }

@@ -14,11 +14,12 @@ import { deleteLivingMapStream } from "./engines.ts";
 
 export const TEST_SECRET = "test-secret-0123456789-abcdefghijklmnop";
 
-/** A config for tests: temp DATA_DIR, a fixed JWT secret, quiet logs, overridden by `env`. */
+/** A config for tests: a temp DATA_DIR (unless `env` names one), a fixed JWT secret, quiet logs, overridden by `env`. */
 export function testConfig(env: Record<string, string> = {}): { config: Config; cleanup: () => void } {
-  const dir = mkdtempSync(path.join(tmpdir(), "dc-city-"));
-  const config = loadConfig({ DATA_DIR: dir, JWT_SECRET: TEST_SECRET, LOG_LEVEL: "error", HOST: "127.0.0.1", ...env });
-  return { config, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+  // A DATA_DIR in `env` is the caller's to remove; only one made here is removed by `cleanup`.
+  const dir = env.DATA_DIR === undefined ? mkdtempSync(path.join(tmpdir(), "dc-city-")) : null;
+  const config = loadConfig({ ...(dir ? { DATA_DIR: dir } : {}), JWT_SECRET: TEST_SECRET, LOG_LEVEL: "error", HOST: "127.0.0.1", ...env });
+  return { config, cleanup: () => dir && rmSync(dir, { recursive: true, force: true }) };
 }
 
 export interface TestCity extends CityInstance {
