@@ -177,9 +177,12 @@ for (const variant of variants) {
       const writer = (async () => {
         while (writing && n < LIVE_MAX) await city.http(`/city/rooms/${room}/messages`, { method: "POST", token: bob, json: { body: `live ${n++}` } });
       })();
-      await Bun.sleep(5);
+      await waitFor(() => n, (k) => k >= 1); // the writer is under way before the reconnect
       const again = await open(`/ws/city/rooms/${room}?token=${alice}&since=${last}`);
-      await Bun.sleep(100);
+      const startedBeforeOpen = n;
+      // Writing goes on until the socket has had a message written after it opened (or the writer
+      // reached its bound): writes then raced the replay, whatever the machine's speed.
+      await again.until(() => again.frames.filter((f) => f.event === "room.message").length > 5 + startedBeforeOpen || n >= LIVE_MAX, 10_000);
       writing = false;
       await writer;
       const stored = ((await (await city.http(`/city/rooms/${room}/messages?limit=200`)).json()) as any[]).map((m) => m.id);
