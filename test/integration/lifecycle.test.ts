@@ -5,7 +5,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import { ManualClock } from "../../src/clock.ts";
-import { refusedUpgrade, startTestCity, testConfig, TestSocket, waitFor } from "../helpers/city.ts";
+import { refusedUpgrade, serverRead, startTestCity, testConfig, TestSocket, waitFor } from "../helpers/city.ts";
 
 describe("lifecycle (embedded default)", () => {
   test("messages survive a restart and default rooms are seeded once", async () => {
@@ -33,14 +33,14 @@ describe("lifecycle (embedded default)", () => {
       const token = await city.token("u_alice");
       const s = await TestSocket.open(city.wsUrl(`/ws/city/rooms/room_city_general?token=${token}`));
       for (let i = 0; i < 50; i++) s.send({ event: "room.message.send", body: `late ${i}` });
-      await Bun.sleep(5);
+      await serverRead(s); // all 50 are read (queued or committing) before the stop begins
       const drained = await city.stop();
       expect(drained).toBe(true);
       const closed = await s.waitClosed();
       expect(closed.code).toBe(1001);
       // every message the socket saw acknowledged is in the store
       const acked = s.frames.filter((f) => f.event === "room.message").map((f) => f.message.id);
-      expect(acked.length).toBeGreaterThan(0);
+      expect(acked.length).toBe(50);
       const { SqliteStore } = await import("../../src/storage/sqlite.ts");
       const store = new SqliteStore({ file: `${city.config.dataDir}/city.sqlite` });
       const stored = (await store.listMessages("room_city_general", { limit: 100 })).map((m) => m.id);
