@@ -126,7 +126,7 @@ describe.skipIf(!browserPath || !nats)(SUITE, () => {
     await alice.locator('[data-testid="status-map"][data-status="open"]').waitFor();
     const before = Number(await alice.getByTestId("map-events").getAttribute("data-count"));
     const nodesBefore = await alice.getByTestId("map").getAttribute("data-version");
-    const sim = Bun.spawn([compiledBinary(), "simulate", "--rate", "40", "--duration", "3", "--nodes", "6", "--agents", "12", "--seed", "7"], {
+    const sim = Bun.spawn([compiledBinary(), "simulate", "--rate", "40", "--duration", "1", "--nodes", "6", "--agents", "12", "--seed", "7"], {
       env: { PATH: process.env.PATH ?? "", NATS_URL: nats!, NATS_SUBJECT_PREFIX: prefix, LOG_LEVEL: "warn" },
       stdout: "ignore",
       stderr: "pipe",
