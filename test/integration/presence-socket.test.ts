@@ -192,3 +192,35 @@ describe("presence.update storm guard", () => {
     }
   });
 });
+
+describe("presence snapshot: the room list", () => {
+  test("a room list read before the default rooms were made is not kept: the first snapshot lists them", async () => {
+    const { SqliteStore } = await import("../../src/storage/sqlite.ts");
+    const store = new SqliteStore({ file: ":memory:" });
+    // The first read of the room list (the presence service's warm-up at start) sees the store
+    // before the default rooms exist, and is answered only after the start is over.
+    const real = store.listRoomMatrixMappings.bind(store);
+    const held = Promise.withResolvers<void>();
+    let reads = 0;
+    store.listRoomMatrixMappings = async () => {
+      if (reads++ > 0) return real();
+      const rows = await real();
+      await held.promise;
+      return rows;
+    };
+    const city = await startTestCity({}, { store });
+    const opened: TestSocket[] = [];
+    try {
+      held.resolve();
+      await new Promise<void>((r) => setImmediate(r)); // the warm-up's answer is taken (microtasks)
+      const s = await TestSocket.open(city.wsUrl(`/ws/city/presence?token=${await city.token("u_list")}`));
+      opened.push(s);
+      const snapshot = await s.next((f) => f.type === "snapshot");
+      expect(snapshot.rooms.map((r: { room_slug: string }) => r.room_slug).sort()).toEqual(["builders", "energy", "general", "science", "welcome"]);
+      expect(reads).toBe(2);
+    } finally {
+      for (const s of opened) s.close();
+      await city.dispose();
+    }
+  });
+});

@@ -90,6 +90,8 @@ export class PresenceService {
   /** The numbers last sent to this instance's presence sockets, per room. */
   private readonly shown = new Map<string, { online: number; typing: number }>();
   private rooms: { list: RoomMatrixMapping[]; byId: Map<string, RoomMatrixMapping>; at: number } | null = null;
+  /** Bumped by {@link roomsChanged}: a room list read that started before it is not kept. */
+  private roomsGeneration = 0;
   private readonly unsubscribe: (() => void)[] = [];
   private resyncTimer: Timer | null = null;
   private readonly scheduler: Scheduler;
@@ -145,6 +147,7 @@ export class PresenceService {
   /** Forgets the cached room list (after a room is created or changed here). */
   roomsChanged(): void {
     this.rooms = null;
+    this.roomsGeneration++;
   }
 
   /**
@@ -179,8 +182,13 @@ export class PresenceService {
   private async roomList() {
     const now = this.o.clock.now();
     if (!this.rooms || now - this.rooms.at > ROOM_LIST_TTL_MS) {
+      const generation = this.roomsGeneration;
       const list = await this.o.store.listRoomMatrixMappings();
-      this.rooms = { list, byId: new Map(list.map((r) => [r.id, r])), at: now };
+      const read = { list, byId: new Map(list.map((r) => [r.id, r])), at: now };
+      // A list read before a room changed answers this caller only: the cache keeps no stale list
+      // (the start-up warm-up could land after the default rooms were created, without them).
+      if (generation !== this.roomsGeneration) return read;
+      this.rooms = read;
     }
     return this.rooms;
   }
