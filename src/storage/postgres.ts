@@ -9,6 +9,7 @@
 import postgres, { type Sql } from "postgres";
 import { checksum, POSTGRES_MIGRATIONS, type Migration } from "./migrations.ts";
 import { appendBatch, appendMany, checkBatch, COMMIT_SLOT, COMMIT_SLOT_BYTES, connectionOptions } from "./postgres-writes.ts";
+import { WorkerCalls } from "../workers/calls.ts";
 import { workerEntry } from "../workers/entry.ts";
 import type {
   FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomBatch, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
@@ -355,37 +356,28 @@ const COMMITTER_SPECIFIER = workerEntry("storage/postgres-committer.worker.ts");
  */
 class CommitThread {
   private readonly worker: Worker;
+  private readonly calls: WorkerCalls;
   private readonly control = new SharedArrayBuffer(COMMIT_SLOT_BYTES);
   private readonly ctrl = new Int32Array(this.control, 0, COMMIT_SLOT.controlInts);
   private readonly firsts = new Float64Array(this.control, COMMIT_SLOT.controlInts * 4, COMMIT_SLOT.maxRooms);
-  private readonly pending = new Map<number, { resolve(v: number[]): void; reject(e: Error): void }>();
-  private nextId = 1;
-  private dead: Error | null = null;
 
   /** False once the thread failed or was closed. */
   get alive(): boolean {
-    return this.dead === null;
+    return this.calls.alive;
   }
 
   /** True while an append sent to the thread is unanswered. */
   get busy(): boolean {
-    return this.pending.size > 0;
+    return this.calls.busy;
   }
 
-  constructor(url: string, private readonly waitMs: number, entry: string, private readonly onFailed?: (why: string) => void) {
+  constructor(url: string, private readonly waitMs: number, entry: string, onFailed?: (why: string) => void) {
     this.worker = new Worker(entry);
-    this.worker.onmessage = (e: MessageEvent) => {
-      const r = e.data as { id: number; ok: boolean; result?: number[]; error?: string; code?: string };
-      const p = this.pending.get(r.id);
-      if (!p) return; // answered through the shared slot
-      this.pending.delete(r.id);
-      if (r.ok) p.resolve(r.result!);
-      else p.reject(Object.assign(new Error(r.error), { code: r.code }));
-    };
+    this.calls = new WorkerCalls(this.worker);
     this.worker.onerror = (e) => {
       const err = new Error(`postgres commit thread failed: ${e.message}`);
-      this.fail(err);
-      this.onFailed?.(`${err.message}; message appends go through the pool from now on`);
+      this.calls.fail(err);
+      onFailed?.(`${err.message}; message appends go through the pool from now on`);
     };
     this.worker.postMessage({ op: "open", url, control: this.control });
   }
@@ -396,39 +388,25 @@ class CommitThread {
    * @throws Error with PostgreSQL's `code` when the commit failed; nothing of it was written
    */
   append(batches: RoomBatch[]): Promise<number[]> {
-    if (this.dead) return Promise.reject(this.dead);
-    const id = this.nextId++;
-    const alone = this.pending.size === 0;
-    const answer = new Promise<number[]>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    this.worker.postMessage({ id, json: JSON.stringify(batches) });
+    // Only a request with nothing before it can be waited for: `done` then moves from id - 1 to id.
+    const alone = this.calls.alive && !this.calls.busy;
+    const { id, answer } = this.calls.send<number[]>({ json: JSON.stringify(batches) });
     if (!alone || this.waitMs <= 0) return answer;
     const deadline = performance.now() + this.waitMs;
     for (let left = this.waitMs; Atomics.load(this.ctrl, COMMIT_SLOT.done) !== id && left > 0; left = deadline - performance.now()) {
       Atomics.wait(this.ctrl, COMMIT_SLOT.done, id - 1, left);
     }
     if (Atomics.load(this.ctrl, COMMIT_SLOT.done) === id && Atomics.load(this.ctrl, COMMIT_SLOT.status) === COMMIT_SLOT.ok) {
-      this.pending.delete(id);
+      this.calls.forget(id);
       return Promise.resolve(Array.from(this.firsts.subarray(0, batches.length)));
     }
     return answer;
   }
 
   async close(): Promise<void> {
-    if (!this.dead) {
-      await new Promise<void>((resolve) => {
-        const id = this.nextId++;
-        this.pending.set(id, { resolve: () => resolve(), reject: () => resolve() });
-        this.worker.postMessage({ id, op: "close" });
-      });
-    }
+    if (this.calls.alive) await this.calls.send({ op: "close" }).answer.catch(() => {});
     this.worker.terminate();
-    this.fail(new Error("postgres: store closed"));
-  }
-
-  private fail(err: Error): void {
-    this.dead = err;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.calls.fail(new Error("postgres: store closed"));
   }
 }
 

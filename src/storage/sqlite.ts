@@ -25,6 +25,7 @@ import { configureConnection, livingMapRow, sqliteWrites, type SqliteWriteOp, ty
 import type {
   FeedEvent, LivingMapEvent, LivingMapEventWrite, LivingMapSnapshotRow, Message, MessageQuery, MessageWrite, NewMessage, Room, RoomBatch, RoomMatrixMapping, RoomPatch, RoomSummary, SecondmeMessage, SecondmeStats, SecondmeStatus, Store,
 } from "./store.ts";
+import { WorkerCalls } from "../workers/calls.ts";
 import { workerEntry } from "../workers/entry.ts";
 
 const MESSAGE_SELECT = `select id, room_id, seq, author_user_id, author_agent_id, body, created_at from city_room_messages
@@ -444,21 +445,12 @@ const WORKER_SPECIFIER = workerEntry("storage/sqlite-writer.worker.ts");
 class WriterThread implements Writer {
   readonly mode = "thread" as const;
   private readonly worker: Worker;
-  private readonly pending = new Map<number, { resolve(v: unknown): void; reject(e: Error): void }>();
-  private nextId = 1;
-  private dead: Error | null = null;
+  private readonly calls: WorkerCalls;
 
   constructor(file: string, synchronous: "FULL" | "NORMAL") {
     this.worker = new Worker(WORKER_SPECIFIER);
-    this.worker.onmessage = (e: MessageEvent) => {
-      const r = e.data as { id: number; ok: boolean; result?: unknown; error?: string; code?: string };
-      const p = this.pending.get(r.id);
-      if (!p) return;
-      this.pending.delete(r.id);
-      if (r.ok) p.resolve(r.result);
-      else p.reject(Object.assign(new Error(`sqlite: ${r.error}`), { code: r.code }));
-    };
-    this.worker.onerror = (e) => this.fail(new Error(`sqlite writer thread failed: ${e.message}`));
+    this.calls = new WorkerCalls(this.worker, "sqlite: ");
+    this.worker.onerror = (e) => this.calls.fail(new Error(`sqlite writer thread failed: ${e.message}`));
     this.worker.postMessage({ op: "open", file, synchronous });
   }
 
@@ -467,28 +459,13 @@ class WriterThread implements Writer {
    * batch of messages with their feed events) cost ~15 µs of the event loop per call, a string ~3.
    */
   run<K extends SqliteWriteOp>(op: K, ...args: Parameters<SqliteWrites[K]>): Promise<ReturnType<SqliteWrites[K]>> {
-    return this.call({ op, json: JSON.stringify(args) }) as Promise<ReturnType<SqliteWrites[K]>>;
+    return this.calls.send<ReturnType<SqliteWrites[K]>>({ op, json: JSON.stringify(args) }).answer;
   }
 
   async close(): Promise<void> {
-    if (!this.dead) await this.call({ op: "close" }).catch(() => {});
+    if (this.calls.alive) await this.calls.send({ op: "close" }).answer.catch(() => {});
     this.worker.terminate();
-    this.fail(new Error("sqlite: store closed"));
-  }
-
-  private call(msg: Record<string, unknown>): Promise<unknown> {
-    if (this.dead) return Promise.reject(this.dead);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ ...msg, id });
-    });
-  }
-
-  private fail(err: Error): void {
-    this.dead = err;
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.calls.fail(new Error("sqlite: store closed"));
   }
 }
 
