@@ -89,6 +89,7 @@ export function createMetrics(deps: MetricsSources): CityMetrics {
   };
   gauge("daarion_city_sockets_open", "Open WebSockets on this instance", () => deps.hub.socketCount());
   mirror("daarion_city_presence_flushes_total", "Presence round trips (one per flush tick with work)", () => deps.presence.stats.flushes);
+  mirror("daarion_city_presence_heartbeats_received_total", "Heartbeats handed to presence (sockets and Matrix), before per-tick deduplication", () => deps.presence.stats.received);
   mirror("daarion_city_presence_heartbeats_total", "Heartbeats written (after per-tick deduplication)", () => deps.presence.stats.heartbeats);
   mirror("daarion_city_presence_flush_failures_total", "Presence flushes that failed (backend unreachable)", () => deps.presence.stats.flushFailures);
   mirror("daarion_city_presence_expiry_sweeps_total", "Presence expiry script calls (a sweep makes one per 1,000 expiries, at least one)", () => deps.presence.stats.expirySweeps);

@@ -177,8 +177,11 @@ export class PresenceTracker {
   private readonly transitionListeners: Listener<[Transition, PresenceStatus]>[] = [];
   private readonly membershipListeners: Listener<[Membership, "join" | "leave"]>[] = [];
   private readonly countListeners: Listener<[Map<string, RoomCounts>, CountsOrigin]>[] = [];
-  /** Round trips made by flushes, heartbeats written; for /metrics and the bench. */
-  readonly stats = { flushes: 0, heartbeats: 0, flushFailures: 0, expirySweeps: 0 };
+  /**
+   * For /metrics and the bench: `received` heartbeats handed to {@link heartbeat} (sockets and
+   * Matrix, before deduplication), `heartbeats` written, `flushes` round trips made by flushes.
+   */
+  readonly stats = { received: 0, flushes: 0, heartbeats: 0, flushFailures: 0, expirySweeps: 0 };
   readonly instanceId: string;
 
   constructor(private readonly o: PresenceTrackerOptions) {
@@ -241,6 +244,7 @@ export class PresenceTracker {
    *   tick, so "online" shows sooner while round trips stay at most twice the tick rate
    */
   heartbeat(userId: string, first = false): void {
+    this.stats.received++;
     if (this.o.batching === false) return this.writeAlone(userId);
     this.heartbeats.add(userId);
     if (first && this.o.flushMs > 0 && !this.early) {
