@@ -60,10 +60,11 @@ export function renderTable(meta: any, summaries: Summary[]): string {
   const conn = summaries.filter((s) => s.rss_per_socket_kb !== undefined);
   if (conn.length) {
     lines.push("");
-    lines.push("| scenario | server | RSS per socket KiB | × raw | connections/s | × raw | peak RSS MiB | failed |");
-    lines.push("|---|---|---:|---:|---:|---:|---:|---:|");
+    lines.push("| scenario | server | RSS per socket KiB | × raw | connections/s (median of reps) | × raw | connections/s per rep | peak RSS MiB | failed |");
+    lines.push("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for (const s of conn) {
-      lines.push(`| ${s.title} | ${s.server} | ${fmt(s.rss_per_socket_kb)} | ${fmt(s.ratio_to_raw.rss_per_socket_kb)} | ${fmt(s.connections_per_s)} | ${fmt(s.ratio_to_raw.connections_per_s)} | ${fmt(s.peak_rss_mb)} | ${s.errors} |`);
+      const perRep = (s.connections_per_s_reps ?? []).map((v) => fmt(v)).join(" / ");
+      lines.push(`| ${s.title} | ${s.server} | ${fmt(s.rss_per_socket_kb)} | ${fmt(s.ratio_to_raw.rss_per_socket_kb)} | ${fmt(s.connections_per_s)} | ${fmt(s.ratio_to_raw.connections_per_s)} | ${perRep} | ${fmt(s.peak_rss_mb)} | ${s.errors} |`);
     }
   }
   return lines.join("\n");
