@@ -170,6 +170,15 @@ export class PresenceTracker {
   /** When the last flush started (clock ms), and the early flush a first heartbeat asked for. */
   private lastFlushAt = -Infinity;
   private early: Timer | null = null;
+  /**
+   * The flush tick, armed only while something is queued: it fires at the instants a
+   * `flushMs` interval started with {@link start} would (so batching and round trips are as with
+   * one), but an instance with nothing to write does not wake for it (an idle binary woke ~100
+   * times a second for an empty tick, most of its idle CPU).
+   */
+  private tick: Timer | null = null;
+  /** Clock ms the tick grid starts from (set by {@link start}); null before start and after close. */
+  private tickOrigin: number | null = null;
   private sweeping: Promise<void> | null = null;
   private timers: Timer[] = [];
   private failing = false;
@@ -198,7 +207,8 @@ export class PresenceTracker {
   async start(): Promise<void> {
     await this.o.manager.start();
     await this.resync().catch(() => {});
-    if (this.o.flushMs > 0) this.timers.push(this.scheduler.every(this.o.flushMs, () => void this.flush().catch(() => {})));
+    this.tickOrigin = this.o.clock.now();
+    if (this.pendingCount() > 0) this.wantFlush();
     if (this.o.sweepMs > 0) this.timers.push(this.scheduler.every(this.o.sweepMs, () => void this.sweep().catch(() => {})));
   }
 
@@ -208,6 +218,9 @@ export class PresenceTracker {
     this.timers = [];
     this.early?.cancel();
     this.early = null;
+    this.tick?.cancel();
+    this.tick = null;
+    this.tickOrigin = null;
     await this.sweeping?.catch(() => {});
     await this.flush().catch(() => {});
     await this.o.manager.close();
@@ -247,6 +260,7 @@ export class PresenceTracker {
     this.stats.received++;
     if (this.o.batching === false) return this.writeAlone(userId);
     this.heartbeats.add(userId);
+    if (this.tick === null) this.wantFlush();
     if (first && this.o.flushMs > 0 && !this.early) {
       const wait = Math.max(0, this.lastFlushAt + this.o.flushMs / 2 - this.o.clock.now());
       this.early = this.scheduler.after(wait, () => {
@@ -283,6 +297,7 @@ export class PresenceTracker {
     this.local.set(k, n + 1);
     if (n === 0) {
       this.holdOps.set(k, "hold");
+      if (this.tick === null) this.wantFlush();
       let rooms = this.localRooms.get(userId);
       if (!rooms) this.localRooms.set(userId, (rooms = new Set()));
       rooms.add(roomId);
@@ -305,6 +320,7 @@ export class PresenceTracker {
     }
     this.local.delete(k);
     this.holdOps.set(k, "release");
+    if (this.tick === null) this.wantFlush();
     const rooms = this.localRooms.get(userId);
     rooms?.delete(roomId);
     if (rooms?.size === 0) this.localRooms.delete(userId);
@@ -322,11 +338,13 @@ export class PresenceTracker {
   /** Marks `userId` typing in `roomId` for the typing lifetime (written at the next flush). */
   typing(roomId: string, userId: string): void {
     this.typingOps.set(key(roomId, userId), "start");
+    if (this.tick === null) this.wantFlush();
   }
 
   /** Ends `userId`'s typing in `roomId` at the next flush rather than at the end of its lifetime. */
   stopTyping(roomId: string, userId: string): void {
     this.typingOps.set(key(roomId, userId), "stop");
+    if (this.tick === null) this.wantFlush();
   }
 
   /** Users online in a room, as this instance knows it (0 for an unknown room). */
@@ -425,6 +443,20 @@ export class PresenceTracker {
   }
 
   /**
+   * Arms the flush tick for the next instant of the `flushMs` grid strictly after now, unless it
+   * is armed, ticks are off (`flushMs` 0: flushes are called), or the tracker is not started.
+   */
+  private wantFlush(): void {
+    const ms = this.o.flushMs;
+    if (this.tick !== null || ms <= 0 || this.tickOrigin === null) return;
+    const since = this.o.clock.now() - this.tickOrigin;
+    this.tick = this.scheduler.after(ms - (((since % ms) + ms) % ms), () => {
+      this.tick = null;
+      void this.flush().catch(() => {});
+    });
+  }
+
+  /**
    * Writes everything queued in one round trip and reports what it changed. Concurrent calls
    * share one flush. On failure the queue is kept (deduplicated, so its size is bounded by
    * distinct users and rooms) for the next tick.
@@ -456,6 +488,7 @@ export class PresenceTracker {
         for (const u of heartbeats) this.heartbeats.add(u);
         for (const [k, op] of holdOps) if (!this.holdOps.has(k)) this.holdOps.set(k, op);
         for (const [k, op] of typingOps) if (!this.typingOps.has(k)) this.typingOps.set(k, op);
+        this.wantFlush(); // tried again at the next tick, as long as it fails
         throw err;
       } finally {
         this.flushing = null;
