@@ -21,7 +21,10 @@ describe("deploy files", () => {
 
   test("every metric the Grafana dashboard queries is served by /metrics", async () => {
     const dashboard = (await Bun.file(path.join(root, "docs/grafana/daarion-city.json")).json()) as { panels: { title: string; targets: { expr: string }[] }[] };
-    const served = new Set([...(await (await city.http("/metrics")).text()).matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!));
+    const text = await (await city.http("/metrics")).text();
+    const served = new Set([...text.matchAll(/^# TYPE (\S+)/gm)].map((m) => m[1]!));
+    // a histogram family is queried through its series: <name>_bucket, _sum and _count
+    for (const [, name] of text.matchAll(/^# TYPE (\S+) histogram$/gm)) for (const suffix of ["_bucket", "_sum", "_count"]) served.add(name + suffix);
     const queried = new Set(dashboard.panels.flatMap((p) => p.targets.flatMap((t) => [...t.expr.matchAll(/\b(daarion_city_[a-z0-9_]+)/g)].map((m) => m[1]!))));
     expect(dashboard.panels.length).toBeGreaterThan(5);
     expect([...queried].filter((m) => !served.has(m))).toEqual([]);
