@@ -302,7 +302,7 @@ const FIELDS: { [K in keyof Config]: Field<K> }[keyof Config][] = [
     parse: (r) => r ?? "",
   },
   { env: "PRESENCE_TTL_SECONDS", key: "presenceTtlSeconds", type: "integer 2..3600", fallback: "40", doc: "A user is online this long after a heartbeat (seed 000: 40; clients beat every 20 s).", parse: int(2, 3600) },
-  { env: "PRESENCE_FLUSH_MS", key: "presenceFlushMs", type: "integer 1..1000", fallback: "10", doc: "Heartbeats from all sockets are written in one Redis pipeline per tick of this length; a socket's first heartbeat goes early, half a tick after the last write at most.", parse: int(1, 1000) },
+  { env: "PRESENCE_FLUSH_MS", key: "presenceFlushMs", type: "integer 1..1000", fallback: "10", doc: "Heartbeats from all sockets are written in one Redis pipeline per tick of this length (no tick while nothing is queued); a socket's first heartbeat goes early, half a tick after the last write at most.", parse: int(1, 1000) },
   {
     env: "PRESENCE_BATCHING", key: "presenceBatching", type: "on or off", fallback: "on",
     doc: "`off` writes every heartbeat in its own round trip, as seed 001 did: only to measure what batching buys (`bun run bench:heartbeat`).",
