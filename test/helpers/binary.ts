@@ -39,16 +39,21 @@ function pruneStaleBuilds(keep: string): void {
   }
 }
 
-/** Path of the compiled binary for the current sources (builds it when missing). */
-export function compiledBinary(): string {
-  if (built) return built;
+/** Where the compiled binary for the current sources is cached (it may not be built yet). */
+export function cachedBinaryPath(): string {
   const hasher = new Bun.CryptoHasher("sha256");
   for (const f of [...sources(path.join(root, "src")), ...sources(path.join(root, "migrations")), path.join(root, "package.json")]) {
     hasher.update(f.slice(root.length));
     hasher.update(readFileSync(f));
   }
-  const dir = path.join(tmpdir(), `dc-binary-${hasher.digest("hex").slice(0, 16)}`);
-  const binary = path.join(dir, "daarion-city");
+  return path.join(tmpdir(), `dc-binary-${hasher.digest("hex").slice(0, 16)}`, "daarion-city");
+}
+
+/** Path of the compiled binary for the current sources (builds it when missing). */
+export function compiledBinary(): string {
+  if (built) return built;
+  const binary = cachedBinaryPath();
+  const dir = path.dirname(binary);
   if (!existsSync(binary)) {
     mkdirSync(dir, { recursive: true });
     const script: string = JSON.parse(readFileSync(path.join(root, "package.json"), "utf8")).scripts.build;
