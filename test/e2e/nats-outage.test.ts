@@ -1,5 +1,6 @@
 /**
- * A NATS outage of 10 s under load, on the test's own nats-server (a spare port): writes go on,
+ * A NATS outage of 10 s under load (longer on a loaded machine: until 20 writes were acknowledged
+ * without NATS), on the test's own nats-server (a spare port): writes go on,
  * and once it is back every socket on the other instance has every message, in order, without
  * reconnecting.
  */
