@@ -81,9 +81,14 @@ async function token(user: string): Promise<string> {
   return t;
 }
 
-async function metric(server: RunningServer, name: string): Promise<number> {
+/** The presence counters of one `/metrics` scrape (NaN where one is missing). */
+async function presenceCounters(server: RunningServer): Promise<{ flushes: number; written: number; received: number; failures: number }> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
-  return Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN);
+  const read = (name: string) => Number(new RegExp(`^${name} (\\S+)`, "m").exec(text)?.[1] ?? NaN);
+  return {
+    flushes: read("daarion_city_presence_flushes_total"), written: read("daarion_city_presence_heartbeats_total"),
+    received: read("daarion_city_presence_heartbeats_received_total"), failures: read("daarion_city_presence_flush_failures_total"),
+  };
 }
 
 async function redisCpu(url: string): Promise<number> {
@@ -137,10 +142,7 @@ async function runOnce(s: Scenario, mode: Mode, rep: number, redisUrl: string, b
     for (let i = 0; i < count; i++) probes.push({ id: `u_probe_${run}_${i}`, token: await token(`u_probe_${run}_${i}`) });
     // The probes' sockets open before the window, so their connects are not measured.
     await prober.call({ op: "probeOpen", baseWs, observerToken: await token(`u_observer_${run}`), probes });
-    const flushes0 = await metric(server, "daarion_city_presence_flushes_total");
-    const written0 = await metric(server, "daarion_city_presence_heartbeats_total");
-    const received0 = await metric(server, "daarion_city_presence_heartbeats_received_total");
-    const failures0 = await metric(server, "daarion_city_presence_flush_failures_total");
+    const before = await presenceCounters(server);
     const cpu0 = cpuSeconds(server.pid);
     const redis0 = await redisCpu(redisUrl);
     const t0 = performance.now();
@@ -153,9 +155,10 @@ async function runOnce(s: Scenario, mode: Mode, rep: number, redisUrl: string, b
     await Bun.sleep(50); // the last tick's flush
     const serverCpu = cpuSeconds(server.pid) - cpu0;
     const redisCpuUsed = (await redisCpu(redisUrl)) - redis0;
-    const flushes = (await metric(server, "daarion_city_presence_flushes_total")) - flushes0;
-    const written = (await metric(server, "daarion_city_presence_heartbeats_total")) - written0;
-    const received = (await metric(server, "daarion_city_presence_heartbeats_received_total")) - received0;
+    const after = await presenceCounters(server);
+    const flushes = after.flushes - before.flushes;
+    const written = after.written - before.written;
+    const received = after.received - before.received;
     const probed = await probing;
     const hist = merge(null, probed.hist);
     return {
@@ -171,7 +174,7 @@ async function runOnce(s: Scenario, mode: Mode, rep: number, redisUrl: string, b
       update_p99_ms: quantileMs(hist, 0.99),
       update_max_ms: Math.round(hist.maxUs) / 1000,
       probes_seen: `${probed.seen}/${probed.sent}`,
-      flush_failures: (await metric(server, "daarion_city_presence_flush_failures_total")) - failures0,
+      flush_failures: (await presenceCounters(server)).failures - before.failures,
     };
   } finally {
     await Promise.all(clients.map((c) => c.close()));

@@ -39,14 +39,18 @@ function pruneStaleBuilds(keep: string): void {
   }
 }
 
-/** Where the compiled binary for the current sources is cached (it may not be built yet). */
+let cachedPath: string | null = null;
+
+/** Where the compiled binary for the current sources is cached (it may not be built yet); the sources are hashed once per process. */
 export function cachedBinaryPath(): string {
+  if (cachedPath) return cachedPath;
   const hasher = new Bun.CryptoHasher("sha256");
   for (const f of [...sources(path.join(root, "src")), ...sources(path.join(root, "migrations")), path.join(root, "package.json")]) {
     hasher.update(f.slice(root.length));
     hasher.update(readFileSync(f));
   }
-  return path.join(tmpdir(), `dc-binary-${hasher.digest("hex").slice(0, 16)}`, "daarion-city");
+  cachedPath = path.join(tmpdir(), `dc-binary-${hasher.digest("hex").slice(0, 16)}`, "daarion-city");
+  return cachedPath;
 }
 
 /** Path of the compiled binary for the current sources (builds it when missing). */

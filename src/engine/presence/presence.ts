@@ -260,7 +260,7 @@ export class PresenceTracker {
     this.stats.received++;
     if (this.o.batching === false) return this.writeAlone(userId);
     this.heartbeats.add(userId);
-    if (this.tick === null) this.wantFlush();
+    this.wantFlush();
     if (first && this.o.flushMs > 0 && !this.early) {
       const wait = Math.max(0, this.lastFlushAt + this.o.flushMs / 2 - this.o.clock.now());
       this.early = this.scheduler.after(wait, () => {
@@ -297,7 +297,7 @@ export class PresenceTracker {
     this.local.set(k, n + 1);
     if (n === 0) {
       this.holdOps.set(k, "hold");
-      if (this.tick === null) this.wantFlush();
+      this.wantFlush();
       let rooms = this.localRooms.get(userId);
       if (!rooms) this.localRooms.set(userId, (rooms = new Set()));
       rooms.add(roomId);
@@ -320,7 +320,7 @@ export class PresenceTracker {
     }
     this.local.delete(k);
     this.holdOps.set(k, "release");
-    if (this.tick === null) this.wantFlush();
+    this.wantFlush();
     const rooms = this.localRooms.get(userId);
     rooms?.delete(roomId);
     if (rooms?.size === 0) this.localRooms.delete(userId);
@@ -338,13 +338,13 @@ export class PresenceTracker {
   /** Marks `userId` typing in `roomId` for the typing lifetime (written at the next flush). */
   typing(roomId: string, userId: string): void {
     this.typingOps.set(key(roomId, userId), "start");
-    if (this.tick === null) this.wantFlush();
+    this.wantFlush();
   }
 
   /** Ends `userId`'s typing in `roomId` at the next flush rather than at the end of its lifetime. */
   stopTyping(roomId: string, userId: string): void {
     this.typingOps.set(key(roomId, userId), "stop");
-    if (this.tick === null) this.wantFlush();
+    this.wantFlush();
   }
 
   /** Users online in a room, as this instance knows it (0 for an unknown room). */
